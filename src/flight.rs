@@ -1,0 +1,306 @@
+//! The call record of one flight and its state machine.
+//!
+//! A flight moves through three phases:
+//!
+//! ```text
+//!            runner dropped             a waiting caller claims it
+//!  Running ------------------> Vacant ----------------------------> Running
+//!     |                           |
+//!     | value or panic published  | nobody left who could run it
+//!     v                           v
+//!   Ended <-----------------------'
+//! ```
+//!
+//! Invariants, each kept under the call's lock:
+//!
+//! - In `Running`, exactly one runner exists: a `work` caller polling its future or a
+//!   spawned task (or a spawner about to receive one). So one future runs per flight.
+//! - `Vacant` never lasts while a caller that could run the flight waits unwoken: when a
+//!   flight becomes vacant with `waiting > 0`, every waiting `work` caller is woken, and
+//!   the first to lock the state claims the run. With no `work` caller waiting, a live
+//!   standby `do_chan` caller is started at once; with neither, the flight ends.
+//! - A flight ends (`Ended`) in the same critical section, under the group's map lock,
+//!   that removes its map entry and publishes its outcome, so nobody joins an ended
+//!   flight. The outcome is set whenever a `work` caller or a `do_chan` receiver waits;
+//!   a flight that ends without one (nobody could run it) has no `work` caller waiting.
+//! - No user code (futures, spawners, `Clone`, drops of user values) runs under the lock:
+//!   what must be dropped or started is handed out and dealt with after unlocking.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use async_channel::Sender;
+use event_listener::Event;
+
+use crate::outcome::{Outcome, Panicked};
+use crate::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// Starts a waiting `do_chan` caller's future on its own executor, to take a flight over.
+pub(crate) type Start<V> = Box<dyn FnOnce(Arc<Call<V>>) + Send>;
+
+/// The record of one flight, shared by all its callers.
+pub(crate) struct Call<V> {
+    /// Who runs and who waits. Taken after the group's map lock when both are held.
+    state: Mutex<State<V>>,
+    /// The flight's result: written once, in the critical section that ends the flight,
+    /// and read without a lock afterwards.
+    pub(crate) outcome: OnceLock<Result<V, Panicked>>,
+    /// Wakes waiting `work` callers when the flight ends or becomes vacant.
+    pub(crate) event: Event,
+}
+
+/// The mutable part of a [`Call`], guarded by its lock.
+pub(crate) struct State<V> {
+    /// Where the flight stands.
+    pub(crate) phase: Phase,
+    /// Callers that ever joined, the first included (`shared` is `joined > 1`).
+    joined: usize,
+    /// `work` callers waiting now (the runner not included).
+    waiting: usize,
+    /// One sender per `do_chan` caller: each gets the outcome when the flight ends.
+    senders: Vec<Sender<Outcome<V>>>,
+    /// Waiting `do_chan` callers whose futures can take the flight over, oldest first.
+    standby: Vec<Standby<V>>,
+}
+
+/// The phase of a flight; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// One runner polls the flight's future.
+    Running,
+    /// The runner went away before an outcome; the next waiting caller takes over.
+    Vacant,
+    /// The flight is over and out of the map.
+    Ended,
+}
+
+/// A waiting `do_chan` caller that can run the flight.
+pub(crate) struct Standby<V> {
+    /// A clone of the caller's sender, to tell whether its receiver still exists.
+    sender: Sender<Outcome<V>>,
+    /// Spawns the caller's future as the flight's new runner.
+    start: Start<V>,
+}
+
+/// What must happen, after unlocking, when a runner or a waiter leaves a flight.
+#[must_use]
+pub(crate) enum Handover<V> {
+    /// Nothing: a runner remains or is already being chosen.
+    Nothing,
+    /// Every waiting `work` caller must be woken; the first claims the run.
+    WakeWaiters,
+    /// This standby's future must be spawned; it already owns the run.
+    Start(Standby<V>, Vec<Standby<V>>),
+    /// Nobody can run the flight: it has ended without an outcome. Dropping the senders
+    /// closes the channels of `do_chan` callers.
+    Abandoned(Vec<Sender<Outcome<V>>>, Vec<Standby<V>>),
+}
+
+/// What a flight hands its finisher, under the lock, to deliver after unlocking.
+pub(crate) struct Ended<V> {
+    /// Whether more than one caller joined.
+    pub(crate) shared: bool,
+    /// Whether a `work` caller waits on the event.
+    pub(crate) waiting: bool,
+    /// The `do_chan` callers to send the outcome to.
+    pub(crate) senders: Vec<Sender<Outcome<V>>>,
+    /// Futures of `do_chan` callers that were never needed, to drop after unlocking.
+    pub(crate) standby: Vec<Standby<V>>,
+}
+
+impl<V> Call<V> {
+    /// A new flight with its first caller as the runner.
+    pub(crate) fn new() -> Self {
+        Call {
+            state: Mutex::new(State {
+                phase: Phase::Running,
+                joined: 1,
+                waiting: 0,
+                senders: Vec::new(),
+                standby: Vec::new(),
+            }),
+            outcome: OnceLock::new(),
+            event: Event::new(),
+        }
+    }
+
+    /// Locks the state. A panic never leaves it half-updated (no user code runs under
+    /// the lock), so a poisoned lock is used as is.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<V>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<V> State<V> {
+    /// A `work` caller joins. Returns `true` if it must run the flight now (it was vacant).
+    pub(crate) fn join_work(&mut self) -> bool {
+        self.joined += 1;
+        if self.claim() {
+            return true;
+        }
+        self.waiting += 1;
+        false
+    }
+
+    /// A `do_chan` caller joins with its sender. Returns its `start` back if it must run
+    /// the flight now (it was vacant); else keeps it as a standby.
+    pub(crate) fn join_chan(
+        &mut self,
+        sender: Sender<Outcome<V>>,
+        start: Start<V>,
+    ) -> Option<Start<V>> {
+        self.joined += 1;
+        if self.claim() {
+            self.senders.push(sender);
+            return Some(start);
+        }
+        self.standby.push(Standby {
+            sender: sender.clone(),
+            start,
+        });
+        self.senders.push(sender);
+        None
+    }
+
+    /// The first caller of a new flight is a `do_chan` caller: record its sender.
+    pub(crate) fn add_sender(&mut self, sender: Sender<Outcome<V>>) {
+        self.senders.push(sender);
+    }
+
+    /// Makes the caller the runner if the flight is vacant.
+    pub(crate) fn claim(&mut self) -> bool {
+        debug_assert_ne!(self.phase, Phase::Ended, "ended flights are out of the map");
+        if self.phase == Phase::Vacant {
+            self.phase = Phase::Running;
+            return true;
+        }
+        false
+    }
+
+    /// A waiting `work` caller claims a vacant flight. Returns whether it now runs it.
+    pub(crate) fn claim_waiting(&mut self) -> bool {
+        let claimed = self.phase == Phase::Vacant && self.claim();
+        if claimed {
+            self.waiting -= 1;
+        }
+        claimed
+    }
+
+    /// Whether any caller but the first ever joined.
+    pub(crate) fn shared(&self) -> bool {
+        self.joined > 1
+    }
+
+    /// The runner finished: the flight ends.
+    pub(crate) fn end(&mut self) -> Ended<V> {
+        self.phase = Phase::Ended;
+        Ended {
+            shared: self.shared(),
+            waiting: self.waiting > 0,
+            senders: std::mem::take(&mut self.senders),
+            standby: std::mem::take(&mut self.standby),
+        }
+    }
+
+    /// The runner went away without an outcome.
+    pub(crate) fn vacate(&mut self) -> Handover<V> {
+        debug_assert_eq!(self.phase, Phase::Running);
+        self.phase = Phase::Vacant;
+        self.reassign()
+    }
+
+    /// A waiting `work` caller went away.
+    pub(crate) fn leave(&mut self) -> Handover<V> {
+        self.waiting -= 1;
+        match self.phase {
+            Phase::Vacant => self.reassign(),
+            Phase::Running | Phase::Ended => Handover::Nothing,
+        }
+    }
+
+    /// Chooses the next runner of a vacant flight, or ends it.
+    fn reassign(&mut self) -> Handover<V> {
+        if self.waiting > 0 {
+            return Handover::WakeWaiters;
+        }
+        // A `do_chan` caller whose receiver is gone no longer waits: skip it.
+        match self.standby.iter().rposition(|s| !s.sender.is_closed()) {
+            Some(live) => {
+                let gone = self.standby.split_off(live + 1);
+                let next = self.standby.pop().expect("rposition found it");
+                self.phase = Phase::Running;
+                Handover::Start(next, gone)
+            }
+            None => {
+                self.phase = Phase::Ended;
+                Handover::Abandoned(
+                    std::mem::take(&mut self.senders),
+                    std::mem::take(&mut self.standby),
+                )
+            }
+        }
+    }
+}
+
+impl<V> Handover<V> {
+    /// Carries the hand-over out, after every lock is released.
+    pub(crate) fn run(self, call: &Arc<Call<V>>) {
+        match self {
+            Handover::Nothing => {}
+            Handover::WakeWaiters => {
+                call.event.notify(usize::MAX);
+            }
+            Handover::Start(next, gone) => {
+                drop_quietly(gone);
+                // The spawner belongs to the caller being started, not to the one running
+                // this hand-over. If it panics, the task it received was dropped, and that
+                // drop already handed the flight on; the panic itself goes no further.
+                drop_quietly(catch_unwind(AssertUnwindSafe(|| {
+                    (next.start)(call.clone())
+                })));
+            }
+            Handover::Abandoned(senders, standby) => {
+                drop(senders);
+                drop_quietly(standby);
+            }
+        }
+    }
+}
+
+impl<V: Clone> Ended<V> {
+    /// Wakes waiting `work` callers and sends the outcome to each `do_chan` caller.
+    ///
+    /// A value's `Clone` that panics closes only that receiver's channel. After a panic of
+    /// the flight's future, every channel closes without a message.
+    pub(crate) fn deliver(self, call: &Call<V>) {
+        if self.waiting {
+            call.event.notify(usize::MAX);
+        }
+        if let Some(Ok(value)) = call.outcome.get() {
+            for sender in &self.senders {
+                if sender.is_closed() {
+                    continue;
+                }
+                if let Ok(value) = catch_unwind(AssertUnwindSafe(|| value.clone())) {
+                    // Capacity 1 and one message per channel: this only fails if closed.
+                    let _ = sender.try_send(Outcome {
+                        value,
+                        shared: self.shared,
+                    });
+                }
+            }
+        }
+        drop(self.senders);
+        drop_quietly(self.standby);
+    }
+}
+
+/// Drops user values (futures, spawners, panic payloads) where a panic in their `Drop`
+/// must not reach a caller that does not own them.
+pub(crate) fn drop_quietly<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(value))) {
+        // A payload whose own drop panics is leaked rather than allowed to unwind.
+        std::mem::forget(payload);
+    }
+}

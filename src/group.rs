@@ -1,0 +1,726 @@
+//! The group: a map of flights keyed by the caller's key, and the callers' roles in a
+//! flight (runner and waiter), each a drop guard that keeps the flight's invariants when
+//! its caller is cancelled or panics.
+
+use std::any::Any;
+use std::borrow::{Borrow, Cow};
+use std::fmt;
+use std::future::{Future, IntoFuture, poll_fn};
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::pin;
+use std::task::Poll;
+
+use async_channel::Receiver;
+use futures_util::future::BoxFuture;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Slot;
+
+use crate::flight::{Call, Handover, Phase, Start, State, drop_quietly};
+use crate::outcome::{Outcome, Panicked};
+use crate::sync::{Arc, Mutex, MutexGuard};
+
+/// A namespace of flights: duplicate call suppression for one kind of work.
+///
+/// While a flight for a key is in the air, every other caller of that key waits for its
+/// result instead of starting the work again. A `Group` is a cheap handle: clones share
+/// the same flights.
+///
+/// # Examples
+///
+/// ```
+/// use oneflight::Group;
+///
+/// # futures_executor::block_on(async {
+/// let group: Group<String, String> = Group::new();
+/// let page = group.work("/index.html", async { "<h1>hi</h1>".to_string() }).await;
+/// assert_eq!(page, "<h1>hi</h1>");
+/// # });
+/// ```
+pub struct Group<K, V, S = RandomState> {
+    inner: Arc<Inner<K, V, S>>,
+}
+
+/// What the handles of a group share.
+struct Inner<K, V, S> {
+    /// Hashes each key once, outside the lock.
+    hasher: S,
+    /// The flights a new caller would join, one per key. Each entry keeps its key's hash,
+    /// so growing the table runs no user code. Never held across an `.await` or while a
+    /// caller's future runs.
+    flights: Mutex<HashTable<Entry<K, V>>>,
+}
+
+/// A flight in the map.
+struct Entry<K, V> {
+    /// `hasher.hash_one(key)`, computed once by the caller that started the flight.
+    hash: u64,
+    /// The key, owned.
+    key: K,
+    /// The flight's record, shared with its callers.
+    call: Arc<Call<V>>,
+}
+
+/// How a caller joined: by starting (or taking over) a flight, or by waiting on one.
+enum Joined<V> {
+    /// The caller runs the flight.
+    Run(Arc<Call<V>>),
+    /// The caller waits for another caller's run.
+    Wait(Arc<Call<V>>),
+}
+
+impl<K, V> Group<K, V, RandomState> {
+    /// Creates an empty group with the standard hasher.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group: oneflight::Group<u64, String> = oneflight::Group::new();
+    /// assert_eq!(group.in_flight(), 0);
+    /// ```
+    pub fn new() -> Self {
+        Self::with_hasher(RandomState::new())
+    }
+}
+
+impl<K, V, S> Group<K, V, S> {
+    /// Creates an empty group that hashes keys with `hasher`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::hash::BuildHasherDefault;
+    /// use std::collections::hash_map::DefaultHasher;
+    ///
+    /// let group: oneflight::Group<u64, String, BuildHasherDefault<DefaultHasher>> =
+    ///     oneflight::Group::with_hasher(BuildHasherDefault::default());
+    /// assert_eq!(group.in_flight(), 0);
+    /// ```
+    pub fn with_hasher(hasher: S) -> Self {
+        Group {
+            inner: Arc::new(Inner {
+                hasher,
+                flights: Mutex::new(HashTable::new()),
+            }),
+        }
+    }
+
+    /// How many keys have a flight that a new caller would join. Flights removed by
+    /// [`forget`](Self::forget) that still run are not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// let group: oneflight::Group<String, u32> = oneflight::Group::new();
+    /// assert_eq!(group.work("a", async { 1 }).await, 1);
+    /// assert_eq!(group.in_flight(), 0); // finished flights leave nothing behind
+    /// # });
+    /// ```
+    pub fn in_flight(&self) -> usize {
+        self.inner.lock().len()
+    }
+}
+
+impl<K, V, S> Group<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    /// Runs `fut` unless a flight for `key` is already in the air; either way, returns
+    /// that flight's value (Go's `Do`).
+    ///
+    /// The first caller of a key runs its own `fut`, polled by its own `.await`. Callers
+    /// of the same key that arrive while it runs wait for its value instead and keep their
+    /// own `fut` unstarted, to run it only if they have to take the flight over. Each
+    /// waiting caller clones the value once. Keys are looked up borrowed, as
+    /// `HashMap::get` does, and a caller that joins a flight allocates no key.
+    ///
+    /// Neither `F` nor `V` need be `Send` or `'static`, so this serves local executors
+    /// too. The returned future does nothing until polled.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future is always safe and costs other callers nothing:
+    ///
+    /// - A waiting caller simply stops waiting; its `fut` is dropped unstarted.
+    /// - The caller running the flight drops its future first, then hands the flight to a
+    ///   caller that still waits: a waiting `work` caller runs its own `fut`, or a waiting
+    ///   [`do_chan`](Self::do_chan) caller's future is spawned. The two futures never
+    ///   overlap, and a panic in that drop does not stop the hand-over. With nobody left
+    ///   waiting, the flight ends and the key is free.
+    ///
+    /// # Panics
+    ///
+    /// - If the flight's future panics, the caller running it sees that panic unchanged,
+    ///   and every `work` caller waiting on the flight panics with a [`Panicked`] payload
+    ///   that carries the original message. The flight is not retried; the next call of
+    ///   the key starts a new flight.
+    /// - A panic in the key's `Hash`, `Eq`, `Borrow` or `ToOwned`, or in the hasher or in
+    ///   `V`'s `Clone`, reaches only this caller.
+    /// - A flight's future that calls `work` for its own key (on the same group) joins
+    ///   itself and never finishes: re-entrance waits forever, as in Go.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use oneflight::Group;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// # futures_executor::block_on(async {
+    /// let group: Group<String, u64> = Group::new();
+    /// let queries = AtomicUsize::new(0);
+    /// let query = || async {
+    ///     queries.fetch_add(1, Ordering::SeqCst);
+    ///     smol::future::yield_now().await; // the database takes a while
+    ///     42
+    /// };
+    /// // Three concurrent callers of one key: one query, three answers.
+    /// let (a, b, c) = futures_util::join!(
+    ///     group.work("user:42", query()),
+    ///     group.work("user:42", query()),
+    ///     group.work("user:42", query()),
+    /// );
+    /// assert_eq!((a, b, c), (42, 42, 42));
+    /// assert_eq!(queries.load(Ordering::SeqCst), 1);
+    /// # });
+    /// ```
+    pub async fn work<Q, F>(&self, key: &Q, fut: F) -> V
+    where
+        Q: ?Sized + Hash + Eq + ToOwned,
+        Q::Owned: Into<K>,
+        K: Borrow<Q>,
+        F: IntoFuture<Output = V>,
+        V: Clone,
+    {
+        let hash = self.inner.hasher.hash_one(key);
+        let joined = self
+            .inner
+            .join(hash, key, |state, fresh| fresh || state.join_work());
+        let call = match joined {
+            Joined::Run(call) => {
+                return Runner::new(Cow::Borrowed(&self.inner), call, hash)
+                    .run_work(fut)
+                    .await;
+            }
+            Joined::Wait(call) => call,
+        };
+        let mut waiter = Waiter {
+            group: &self.inner,
+            call,
+            hash,
+            armed: true,
+        };
+        match waiter.wait().await {
+            Ok(outcome) => match outcome {
+                Ok(value) => value.clone(),
+                Err(panicked) => resume_unwind(Box::new(panicked.clone())),
+            },
+            Err(runner) => runner.run_work(fut).await,
+        }
+    }
+
+    /// Forgets the flight for `key`, if any (Go's `Forget`). It keeps running for the
+    /// callers that already joined it, takeovers included; the next call of `key` starts
+    /// a new flight. Returns whether a flight was forgotten.
+    ///
+    /// # Panics
+    ///
+    /// A panic in the key's `Hash` or `Eq`, or in the hasher, reaches only this caller.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// let group: oneflight::Group<String, u32> = oneflight::Group::new();
+    /// assert!(!group.forget("config")); // nothing in flight
+    /// let (stale, fresh) = futures_util::join!(
+    ///     group.work("config", async { smol::future::yield_now().await; 1 }),
+    ///     async {
+    ///         assert!(group.forget("config")); // config changed: don't join the old read
+    ///         group.work("config", async { 2 }).await
+    ///     },
+    /// );
+    /// assert_eq!((stale, fresh), (1, 2));
+    /// # });
+    /// ```
+    pub fn forget<Q>(&self, key: &Q) -> bool
+    where
+        Q: ?Sized + Hash + Eq,
+        K: Borrow<Q>,
+    {
+        self.inner.forget(key, |_| true)
+    }
+
+    /// Forgets the flight for `key` only if no second caller has ever joined it. Returns
+    /// whether it forgot.
+    ///
+    /// # Panics
+    ///
+    /// A panic in the key's `Hash` or `Eq`, or in the hasher, reaches only this caller.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// let group: oneflight::Group<String, u32> = oneflight::Group::new();
+    /// futures_util::join!(
+    ///     group.work("k", async { smol::future::yield_now().await; 1 }),
+    ///     async { assert!(group.forget_unshared("k")) }, // only its runner has it
+    /// );
+    /// # });
+    /// ```
+    pub fn forget_unshared<Q>(&self, key: &Q) -> bool
+    where
+        Q: ?Sized + Hash + Eq,
+        K: Borrow<Q>,
+    {
+        self.inner.forget(key, |state| !state.shared())
+    }
+
+    /// Like [`do_chan`](Self::do_chan), on any executor: `spawn` receives the flight's
+    /// task when this caller has to run the flight.
+    ///
+    /// The group calls `spawn` at most once: right away if this caller starts the flight,
+    /// later (possibly from another thread) if it takes over a flight whose runner went
+    /// away, or never. So `spawn` must not rely on a thread-local runtime context: capture
+    /// an `Arc<Executor>` or a runtime `Handle`. The flight runs only on the executor
+    /// given.
+    ///
+    /// The receiver gets one [`Outcome`]. Dropping it never cancels the task; a spawned
+    /// flight runs to completion, and its result goes to whoever still waits. A dropped
+    /// receiver's future is never spawned to take a flight over.
+    ///
+    /// # Panics
+    ///
+    /// - If the flight's future panics, the task catches it, every receiver's channel
+    ///   closes (`recv()` returns `Err(RecvError)`), waiting `work` callers panic with
+    ///   [`Panicked`], and the key is free again.
+    /// - If the executor drops the task before it finishes, the flight is handed over as
+    ///   if a `work` runner were cancelled; receivers whose future is gone and that nobody
+    ///   else can serve see their channel closed.
+    /// - A panic in `spawn` called right away reaches this caller, after the flight was
+    ///   handed over; in a later takeover it is caught and the next waiting caller takes
+    ///   over.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let executor = Arc::new(async_executor::Executor::new());
+    /// let group: oneflight::Group<String, u32> = oneflight::Group::new();
+    /// let spawner = executor.clone();
+    /// let rx = group.do_chan_with("answer", async { 42 }, move |task| {
+    ///     spawner.spawn(task).detach();
+    /// });
+    /// let outcome = futures_executor::block_on(executor.run(rx.recv())).unwrap();
+    /// assert_eq!(outcome, oneflight::Outcome { value: 42, shared: false });
+    /// ```
+    pub fn do_chan_with<Q, F, P>(&self, key: &Q, fut: F, spawn: P) -> Receiver<Outcome<V>>
+    where
+        Q: ?Sized + Hash + Eq + ToOwned,
+        Q::Owned: Into<K>,
+        K: Borrow<Q> + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+        F: IntoFuture<Output = V> + Send + 'static,
+        F::IntoFuture: Send,
+        P: FnOnce(BoxFuture<'static, ()>) + Send + 'static,
+    {
+        let hash = self.inner.hasher.hash_one(key);
+        let (sender, receiver) = async_channel::bounded(1);
+        let group = self.inner.clone();
+        // Creates the runner before spawning, so that a task its executor drops unpolled
+        // still hands the flight over.
+        let start = move |call: Arc<Call<V>>| {
+            let runner = Runner::new(Cow::Owned(group), call, hash);
+            spawn(Box::pin(runner.run_task(fut)));
+        };
+        // Boxed only if this caller stands by; a caller that starts a flight runs it as is.
+        let mut unboxed = Some(start);
+        let mut claimed = None;
+        let joined = self.inner.join(hash, key, |state, fresh| {
+            if fresh {
+                state.add_sender(sender);
+                return true;
+            }
+            let start: Start<V> = Box::new(unboxed.take().expect("joins once"));
+            claimed = state.join_chan(sender, start);
+            claimed.is_some()
+        });
+        // Spawning is user code: only now, with every lock released.
+        if let Joined::Run(call) = joined {
+            match (claimed, unboxed) {
+                (Some(start), _) => start(call),
+                (None, Some(start)) => start(call),
+                (None, None) => unreachable!("a runner keeps its start"),
+            }
+        }
+        receiver
+    }
+}
+
+#[cfg(any(feature = "smol", feature = "async-std", feature = "tokio"))]
+impl<K, V, S> Group<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// Like [`work`](Self::work), but the flight runs on a spawned task and the caller
+    /// gets a channel that receives its [`Outcome`] (Go's `DoChan`).
+    ///
+    /// The caller can `.recv().await` the receiver, `select!` on it beside a timer,
+    /// `recv_blocking()` from sync code, or drop it. The flight's task runs on the current
+    /// Tokio runtime when called inside one (feature `tokio`), else on smol's global
+    /// executor (feature `smol`, the default), else on async-std's (feature `async-std`).
+    /// That choice is made now, so if this caller later takes a flight over, its future
+    /// is spawned there. For any other executor, use [`do_chan_with`](Self::do_chan_with).
+    ///
+    /// A caller that joins a flight in the air gets that flight's outcome, and its own
+    /// `fut` stays unstarted unless it has to take the flight over.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the receiver is always safe: this caller stops waiting and its `fut` will
+    /// never be spawned. It never cancels a spawned task; a flight runs to completion
+    /// even if every receiver is gone, as in Go, and its result goes to whoever still
+    /// waits.
+    ///
+    /// # Panics
+    ///
+    /// - If the flight's future panics, the task catches it, every receiver's channel
+    ///   closes (`recv()` returns `Err(RecvError)`), waiting `work` callers panic with
+    ///   [`Panicked`], and the key is free again. A panic in `V`'s `Clone` on the way to
+    ///   one receiver closes only that receiver's channel.
+    /// - With only the `tokio` feature on, called outside a Tokio runtime, it panics at
+    ///   once, before joining any flight, with a message that names `do_chan_with`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures_util::{FutureExt, select};
+    /// use std::time::Duration;
+    ///
+    /// smol::block_on(async {
+    ///     let group: oneflight::Group<String, u32> = oneflight::Group::new();
+    ///     let rx = group.do_chan("slow", async {
+    ///         smol::Timer::after(Duration::from_millis(50)).await;
+    ///         7
+    ///     });
+    ///     select! {
+    ///         outcome = rx.recv().fuse() => println!("got {:?}", outcome),
+    ///         _ = FutureExt::fuse(smol::Timer::after(Duration::from_millis(1))) => {
+    ///             println!("timed out; the flight still finishes for others");
+    ///         }
+    ///     }
+    ///     // A second caller joins the same flight and gets its value.
+    ///     let again = group.do_chan("slow", async { 8 }).recv().await.unwrap();
+    ///     assert_eq!(again.value, 7);
+    /// });
+    /// ```
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "smol", feature = "async-std", feature = "tokio")))
+    )]
+    pub fn do_chan<Q, F>(&self, key: &Q, fut: F) -> Receiver<Outcome<V>>
+    where
+        Q: ?Sized + Hash + Eq + ToOwned,
+        Q::Owned: Into<K>,
+        K: Borrow<Q>,
+        F: IntoFuture<Output = V> + Send + 'static,
+        F::IntoFuture: Send,
+    {
+        let spawner = crate::runtime::Spawner::current();
+        self.do_chan_with(key, fut, move |task| spawner.spawn(task))
+    }
+}
+
+impl<K, V, S> Clone for Group<K, V, S> {
+    /// Another handle on the same flights.
+    fn clone(&self) -> Self {
+        Group {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V, S: Default> Default for Group<K, V, S> {
+    fn default() -> Self {
+        Self::with_hasher(S::default())
+    }
+}
+
+impl<K, V, S> fmt::Debug for Group<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, S> Inner<K, V, S> {
+    fn lock(&self) -> MutexGuard<'_, HashTable<Entry<K, V>>> {
+        // A panic under this lock (in a key's `Eq` or `ToOwned`) leaves the table as it
+        // was, so a poisoned lock is used as is.
+        self.flights
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Finds the flight for `key` or starts one, under the map lock, and lets `join`
+    /// record the caller in its state (`fresh` if the caller starts it). `join` returns
+    /// whether the caller runs the flight.
+    fn join<Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        join: impl FnOnce(&mut State<V>, bool) -> bool,
+    ) -> Joined<V>
+    where
+        Q: ?Sized + Eq + ToOwned,
+        Q::Owned: Into<K>,
+        K: Borrow<Q>,
+    {
+        let mut flights = self.lock();
+        // The only user code under the lock is the caller's own key: `Eq` and `Borrow`
+        // here, `ToOwned` and `Into` below. A panic in either leaves the table unchanged.
+        let (call, runs) =
+            match flights.entry(hash, |entry| entry.key.borrow() == key, |entry| entry.hash) {
+                Slot::Occupied(entry) => {
+                    let call = entry.get().call.clone();
+                    let runs = join(&mut call.lock(), false);
+                    (call, runs)
+                }
+                Slot::Vacant(slot) => {
+                    let key = key.to_owned().into();
+                    let call = Arc::new(Call::new());
+                    let runs = join(&mut call.lock(), true);
+                    slot.insert(Entry {
+                        hash,
+                        key,
+                        call: call.clone(),
+                    });
+                    (call, runs)
+                }
+            };
+        if runs {
+            Joined::Run(call)
+        } else {
+            Joined::Wait(call)
+        }
+    }
+
+    /// Applies `update` to a flight's state under the map lock, and if it leaves the
+    /// flight ended, removes the flight's entry in the same critical section: only its
+    /// own entry, found by identity, never a newer flight of the same key.
+    fn update<R>(
+        &self,
+        hash: u64,
+        call: &Arc<Call<V>>,
+        update: impl FnOnce(&mut State<V>) -> R,
+    ) -> R {
+        let mut flights = self.lock();
+        let mut state = call.lock();
+        let result = update(&mut state);
+        if state.phase == Phase::Ended {
+            if let Ok(entry) = flights.find_entry(hash, |entry| Arc::ptr_eq(&entry.call, call)) {
+                entry.remove();
+            }
+        }
+        result
+    }
+
+    /// Removes the entry for `key` if `when` agrees on its flight's state.
+    fn forget<Q>(&self, key: &Q, when: impl FnOnce(&State<V>) -> bool) -> bool
+    where
+        Q: ?Sized + Hash + Eq,
+        K: Borrow<Q>,
+        S: BuildHasher,
+    {
+        let hash = self.hasher.hash_one(key);
+        let mut flights = self.lock();
+        match flights.find_entry(hash, |entry| entry.key.borrow() == key) {
+            Ok(entry) if when(&entry.get().call.lock()) => {
+                entry.remove();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The caller that runs a flight's future: a `work` caller or a spawned task. If it is
+/// dropped before the flight ends, it hands the flight over.
+struct Runner<'g, K, V, S> {
+    /// Borrowed by a `work` caller; owned by a spawned task, which must be `'static`.
+    group: Cow<'g, Arc<Inner<K, V, S>>>,
+    call: Arc<Call<V>>,
+    hash: u64,
+    /// Set once the outcome is published; disarms the hand-over on drop.
+    finished: bool,
+}
+
+impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
+    fn new(group: Cow<'g, Arc<Inner<K, V, S>>>, call: Arc<Call<V>>, hash: u64) -> Self {
+        Runner {
+            group,
+            call,
+            hash,
+            finished: false,
+        }
+    }
+
+    /// Runs the flight for a `work` caller: returns the value, or resumes the panic.
+    async fn run_work<F: IntoFuture<Output = V>>(self, fut: F) -> V {
+        match self.run(fut, true).await {
+            Ok(value) => value.expect("kept for the runner"),
+            Err(payload) => resume_unwind(payload),
+        }
+    }
+
+    /// Runs the flight in a spawned task, which keeps no value and swallows the panic
+    /// (published to the other callers already).
+    async fn run_task<F: IntoFuture<Output = V>>(self, fut: F) {
+        if let Err(payload) = self.run(fut, false).await {
+            drop_quietly(payload);
+        }
+    }
+
+    /// Polls `fut` to the end and publishes its outcome. Returns the runner's own copy
+    /// of the value if `keep`, or the panic payload.
+    async fn run<F: IntoFuture<Output = V>>(
+        self,
+        fut: F,
+        keep: bool,
+    ) -> Result<Option<V>, Box<dyn Any + Send>> {
+        let mut runner = self;
+        // Declared after `runner`, so dropped before it: a cancelled future is gone before
+        // the hand-over in `Runner::drop` lets another caller's future start. If
+        // `into_future` panics, `runner` hands the flight over.
+        let mut fut = pin!(Some(fut.into_future()));
+        let polled = poll_fn(|cx| {
+            let running = fut.as_mut().as_pin_mut().expect("polled after its end");
+            match catch_unwind(AssertUnwindSafe(|| running.poll(cx))) {
+                Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(payload) => Poll::Ready(Err(payload)),
+            }
+        })
+        .await;
+        match polled {
+            Ok(value) => Ok(runner.publish(Ok(value), keep)),
+            Err(payload) => {
+                runner.publish(Err(Panicked::from_payload(&*payload)), false);
+                fut.set(None);
+                Err(payload)
+            }
+        }
+    }
+
+    /// Ends the flight with `outcome`: removes its entry and publishes in one critical
+    /// section, then wakes and sends to the waiting callers.
+    fn publish(&mut self, outcome: Result<V, Panicked>, keep: bool) -> Option<V> {
+        self.finished = true;
+        let call = &self.call;
+        let (ended, unshared) = self.group.update(self.hash, call, |state| {
+            let ended = state.end();
+            if ended.waiting || !ended.senders.is_empty() {
+                let _ = call.outcome.set(outcome);
+                (ended, None)
+            } else {
+                (ended, Some(outcome))
+            }
+        });
+        ended.deliver(call);
+        match unshared {
+            Some(Ok(value)) => keep.then_some(value),
+            Some(Err(_)) => None,
+            // The runner's clone happens last: if it panics, only the runner is hurt.
+            None => match call.outcome.get() {
+                Some(Ok(value)) if keep => Some(value.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl<K, V, S> Drop for Runner<'_, K, V, S> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.group
+                .update(self.hash, &self.call, State::vacate)
+                .run(&self.call);
+        }
+    }
+}
+
+/// A `work` caller waiting on another caller's run. If dropped while waiting, it leaves
+/// the flight, handing it on if the flight was vacant and counting on this caller.
+struct Waiter<'g, K, V, S> {
+    group: &'g Arc<Inner<K, V, S>>,
+    call: Arc<Call<V>>,
+    hash: u64,
+    /// Whether this caller is still counted among the flight's waiting callers.
+    armed: bool,
+}
+
+impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
+    /// Waits until the flight ends (its outcome) or needs this caller to run it.
+    async fn wait(&mut self) -> Result<&Result<V, Panicked>, Runner<'g, K, V, S>> {
+        loop {
+            // Fast path: the flight has ended.
+            if let Some(outcome) = self.call.outcome.get() {
+                self.armed = false;
+                return Ok(outcome);
+            }
+            // Slow path: listen first, then check, so that no wake-up is missed between.
+            event_listener::listener!(self.call.event => listener);
+            {
+                let mut state = self.call.lock();
+                if state.claim_waiting() {
+                    drop(state);
+                    self.armed = false;
+                    return Err(Runner::new(
+                        Cow::Borrowed(self.group),
+                        self.call.clone(),
+                        self.hash,
+                    ));
+                }
+                if state.phase == Phase::Ended {
+                    drop(state);
+                    self.armed = false;
+                    let outcome = self.call.outcome.get();
+                    return Ok(
+                        outcome.expect("a flight ends with an outcome while `work` callers wait")
+                    );
+                }
+            }
+            listener.await;
+        }
+    }
+}
+
+impl<K, V, S> Drop for Waiter<'_, K, V, S> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Fast path: the flight has a runner, so leaving changes nothing else.
+        {
+            let mut state = self.call.lock();
+            if state.phase != Phase::Vacant {
+                let Handover::Nothing = state.leave() else {
+                    unreachable!("only a vacant flight is handed over")
+                };
+                return;
+            }
+        }
+        // Slow path: the flight is vacant and may count on this caller; leaving may end it,
+        // which needs the map lock, taken first.
+        self.group
+            .update(self.hash, &self.call, State::leave)
+            .run(&self.call);
+    }
+}

@@ -1,0 +1,93 @@
+//! Duplicate call suppression ("singleflight") for async Rust, on any runtime.
+//!
+//! While work for a key is in flight, every other caller of the same key waits for that
+//! one result instead of running the work again: a cache miss reaches the database once,
+//! not once per request. It is the Rust counterpart of Go's
+//! [`golang.org/x/sync/singleflight`](https://pkg.go.dev/golang.org/x/sync/singleflight)
+//! (`Do` is [`Group::work`], `DoChan` is [`Group::do_chan`], `Forget` is
+//! [`Group::forget`], `Result` is [`Outcome`]), made for futures.
+//!
+//! ```
+//! use oneflight::Group;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//!
+//! # futures_executor::block_on(async {
+//! let group: Group<String, String> = Group::new();
+//! let loads = AtomicUsize::new(0);
+//! let load = |id: u32| {
+//!     let loads = &loads;
+//!     async move {
+//!         loads.fetch_add(1, Ordering::SeqCst);
+//!         smol::future::yield_now().await; // a slow database query
+//!         format!("profile of user {id}")
+//!     }
+//! };
+//! // A burst of identical requests: one load, every caller served.
+//! let burst = futures_util::future::join_all((0..100).map(|_| group.work("user:7", load(7))));
+//! let pages = burst.await;
+//! assert!(pages.iter().all(|page| page == "profile of user 7"));
+//! assert_eq!(loads.load(Ordering::SeqCst), 1);
+//! assert_eq!(group.in_flight(), 0); // nothing left behind
+//! # });
+//! ```
+//!
+//! # What callers can rely on
+//!
+//! - **One execution per flight.** For one key, at most one future runs at a time, with
+//!   any mix of [`work`](Group::work) and [`do_chan`](Group::do_chan) callers, and every
+//!   caller of a flight gets the same value (cloned once per caller). Only
+//!   [`forget`](Group::forget) opens a second flight beside a running one.
+//! - **Cancellation is free.** Drop a `work` future or a receiver at any time. If the
+//!   caller that runs the flight goes away, a caller that still waits takes it over with
+//!   its own future; the cancelled future is dropped first, so two never overlap.
+//! - **A `do_chan` flight runs to completion** on its executor even if every receiver is
+//!   dropped, as in Go.
+//! - **Panics are shared, not retried.** The caller that ran the future sees its panic,
+//!   waiting `work` callers panic with [`Panicked`] (the same message), `do_chan`
+//!   receivers see their channel closed, and the key is free for the next call.
+//! - **Bad user code hurts only its caller.** A panicking `Hash`, `Eq`, `Clone` or hasher
+//!   reaches the caller on whose behalf it ran; no lock stays poisoned, no entry is stuck.
+//! - **Nothing leaks.** A flight's entry is removed in the critical section that
+//!   publishes its result.
+//! - **Re-entrance waits forever.** A flight's future that calls `work` for its own key
+//!   joins itself and never finishes, as in Go.
+//!
+//! # Features
+//!
+//! [`do_chan`](Group::do_chan) spawns the flight on a runtime chosen by cargo feature;
+//! the features are additive:
+//!
+//! - `smol` (default): smol's global executor.
+//! - `tokio`: the current Tokio runtime, when called inside one (it wins over the others).
+//! - `async-std`: async-std's executor. async-std is discontinued upstream; it stays
+//!   supported for existing programs, and new ones should use smol, its successor.
+//!
+//! Everything else, [`do_chan_with`](Group::do_chan_with) included, needs no runtime and
+//! works on any executor, local and `!Send` ones included.
+//!
+//! # When not to use it
+//!
+//! A singleflight shares work that is in flight *now*; it is not a cache. To keep values
+//! after the flight ends, put a cache in front (a map, or moka) and use the group for its
+//! misses. To compute one value once for the whole program, use a `OnceCell`
+//! (`async_lock::OnceCell`, `tokio::sync::OnceCell`).
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod flight;
+mod group;
+mod outcome;
+#[cfg(any(feature = "smol", feature = "async-std", feature = "tokio"))]
+mod runtime;
+mod sync;
+
+pub use async_channel;
+pub use group::Group;
+pub use outcome::{Outcome, Panicked};
