@@ -227,11 +227,8 @@ fn cancelled_future_is_dropped_before_the_next_starts_across_threads() {
                     );
                     assert!(poll_once(fut.as_mut()).is_pending());
                     joined_tx.send(()).unwrap();
-                    futures_executor::block_on(async {
-                        // Runs the flight after the takeover; then lets it finish.
-                        let value = fut.as_mut().await;
-                        value
-                    })
+                    // Runs the flight after the takeover, then lets it finish.
+                    futures_executor::block_on(fut.as_mut())
                 });
                 joined_rx.recv().unwrap();
                 drop(leader);
