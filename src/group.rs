@@ -403,6 +403,7 @@ where
     /// use futures_util::{FutureExt, select};
     /// use std::time::Duration;
     ///
+    /// # #[cfg(feature = "smol")] // on smol's executor, the default
     /// smol::block_on(async {
     ///     let group: oneflight::Group<String, u32> = oneflight::Group::new();
     ///     let rx = group.do_chan("slow", async {
