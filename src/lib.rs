@@ -89,5 +89,10 @@ mod runtime;
 mod sync;
 
 pub use async_channel;
+
+/// The README's examples, compiled and run as doc tests so that they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use group::Group;
 pub use outcome::{Outcome, Panicked};
