@@ -1,9 +1,14 @@
-//! The synchronisation primitives the crate's state machine uses, swapped for
-//! `shuttle`'s under `--cfg shuttle` so that its schedulers can explore every
-//! interleaving. A `cfg`, not a cargo feature: no other crate can turn it on.
+//! The locks of the crate's state machine, swapped for `shuttle`'s under `--cfg shuttle`
+//! so that its schedulers can explore interleavings at every lock operation. A `cfg`, not
+//! a cargo feature: no other crate in a build can put shuttle's lock into production.
+//!
+//! `Arc` and `OnceLock` stay std's in both builds: shuttle has no `OnceLock`, and ours is
+//! written only under a call's lock, which shuttle does see.
+
+pub(crate) use std::sync::{Arc, OnceLock};
 
 #[cfg(not(shuttle))]
-pub(crate) use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(shuttle)]
-pub(crate) use shuttle::sync::{Arc, Mutex, MutexGuard, OnceLock};
+pub(crate) use shuttle::sync::{Mutex, MutexGuard};
