@@ -107,14 +107,13 @@ fn a_panic_reaches_every_caller() {
     for (i, caller) in callers.iter_mut().enumerate() {
         let payload = catch_unwind(AssertUnwindSafe(|| poll_once(caller.as_mut()))).unwrap_err();
         let message = if i == 0 {
-            *payload.downcast_ref::<&str>().unwrap()
+            payload.downcast_ref::<&str>().unwrap().to_string()
         } else {
             payload
                 .downcast_ref::<Panicked>()
                 .unwrap()
                 .message()
                 .to_owned()
-                .leak()
         };
         assert_eq!(message, "invalid memory address on purpose");
         panicked += 1;

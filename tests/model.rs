@@ -548,7 +548,7 @@ impl Harness {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: if cfg!(miri) { 8 } else { 2_000 },
+        cases: if cfg!(miri) { 4 } else { 2_000 },
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
