@@ -1,0 +1,974 @@
+//! oneflight beside its peers, in one run, on the same scenarios, on a 2-worker Tokio
+//! runtime: `singleflight-async` 0.2, `async_singleflight` 0.6, `uniflight` 0.8, and a
+//! hand-rolled `futures::future::Shared` in a `Mutex<HashMap>`; plus a floor of the
+//! primitives every design pays for.
+//!
+//! `cargo bench --bench peers` runs criterion, then prints a summary table of medians
+//! and ratios (written to `target/criterion/peers-summary.md`) and draws the ratios as
+//! `docs/peers.svg`. Scenarios:
+//!
+//! - `uncontended_*`: one task, sequential calls on distinct keys, ready future.
+//! - `fan_in_*`: N spawned callers on one key, the work gated until all N have joined.
+//! - `mixed`: 64 tasks, 10,000 calls over 100 keys, work that yields once.
+//! - `chan_vs_work`: N callers of one flight in one task, as `work` followers and as
+//!   `do_chan` receivers.
+//! - `floor`: a `Mutex<HashMap>` insert and remove with a key clone, an
+//!   `event-listener` notify round trip, an `async-channel` send and receive.
+//!
+//! A counting global allocator measures heap bytes per waiting caller.
+
+use criterion::{BenchmarkId, Criterion, criterion_group};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::task::AtomicWaker;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::{Future, poll_fn};
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------
+// Heap accounting
+
+/// Counts the bytes every allocation asks for, so that a section's cost can be read off.
+struct Counting;
+
+static ALLOCATED: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to `System` unchanged; only adds a relaxed counter.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above, for `dealloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATED.fetch_add(
+            new_size.saturating_sub(layout.size()) as u64,
+            Ordering::Relaxed,
+        );
+        // SAFETY: as above, for `realloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Heap bytes requested while `f` runs on this thread (other threads are idle).
+fn heap_bytes(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATED.load(Ordering::SeqCst);
+    f();
+    ALLOCATED.load(Ordering::SeqCst) - before
+}
+
+// ---------------------------------------------------------------------------------------
+// The peers, behind one interface
+
+/// A singleflight implementation as the scenarios use it.
+trait Peer<Q: ?Sized>: Send + Sync + 'static {
+    const NAME: &'static str;
+    fn create() -> Self;
+    fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static;
+}
+
+impl Peer<str> for oneflight::Group<String, u64> {
+    const NAME: &'static str = "oneflight";
+    fn create() -> Self {
+        oneflight::Group::new()
+    }
+    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.work(key, fut)
+    }
+}
+
+impl Peer<u64> for oneflight::Group<u64, u64> {
+    const NAME: &'static str = "oneflight";
+    fn create() -> Self {
+        oneflight::Group::new()
+    }
+    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.work(key, fut)
+    }
+}
+
+impl Peer<str> for singleflight_async::SingleFlight<String, u64> {
+    const NAME: &'static str = "singleflight-async";
+    fn create() -> Self {
+        singleflight_async::SingleFlight::new()
+    }
+    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.work(key.to_owned(), move || fut)
+    }
+}
+
+impl Peer<u64> for singleflight_async::SingleFlight<u64, u64> {
+    const NAME: &'static str = "singleflight-async";
+    fn create() -> Self {
+        singleflight_async::SingleFlight::new()
+    }
+    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.work(*key, move || fut)
+    }
+}
+
+impl Peer<str> for async_singleflight::UnaryGroup<String, u64> {
+    const NAME: &'static str = "async_singleflight";
+    fn create() -> Self {
+        async_singleflight::UnaryGroup::new()
+    }
+    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.work(key, fut)
+    }
+}
+
+impl Peer<u64> for async_singleflight::UnaryGroup<u64, u64> {
+    const NAME: &'static str = "async_singleflight";
+    fn create() -> Self {
+        async_singleflight::UnaryGroup::new()
+    }
+    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.work(key, fut)
+    }
+}
+
+impl Peer<str> for uniflight::Merger<String, u64> {
+    const NAME: &'static str = "uniflight";
+    fn create() -> Self {
+        uniflight::Merger::new()
+    }
+    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.execute(key, move || fut)
+            .map(|r| r.expect("no panics here"))
+    }
+}
+
+impl Peer<u64> for uniflight::Merger<u64, u64> {
+    const NAME: &'static str = "uniflight";
+    fn create() -> Self {
+        uniflight::Merger::new()
+    }
+    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.execute(key, move || fut)
+            .map(|r| r.expect("no panics here"))
+    }
+}
+
+/// The hand-rolled alternative: a `Shared` future per key in a `Mutex<HashMap>`.
+struct SharedMap<K> {
+    map: Mutex<HashMap<K, Shared<BoxFuture<'static, u64>>>>,
+}
+
+impl<K> SharedMap<K>
+where
+    K: std::hash::Hash + Eq + Send + 'static,
+{
+    async fn call_with<Q>(&self, key: &Q, fut: BoxFuture<'static, u64>) -> u64
+    where
+        Q: ?Sized + std::hash::Hash + Eq + ToOwned<Owned = K>,
+        K: std::borrow::Borrow<Q>,
+    {
+        let shared = {
+            let mut map = self.map.lock().unwrap();
+            match map.get(key) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared = fut.shared();
+                    map.insert(key.to_owned(), shared.clone());
+                    shared
+                }
+            }
+        };
+        let value = shared.clone().await;
+        let mut map = self.map.lock().unwrap();
+        if map.get(key).is_some_and(|current| current.ptr_eq(&shared)) {
+            map.remove(key);
+        }
+        value
+    }
+}
+
+impl Peer<str> for SharedMap<String> {
+    const NAME: &'static str = "Shared-in-Mutex-HashMap";
+    fn create() -> Self {
+        SharedMap {
+            map: Mutex::default(),
+        }
+    }
+    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.call_with(key, fut.boxed())
+    }
+}
+
+impl Peer<u64> for SharedMap<u64> {
+    const NAME: &'static str = "Shared-in-Mutex-HashMap";
+    fn create() -> Self {
+        SharedMap {
+            map: Mutex::default(),
+        }
+    }
+    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        self.call_with(key, fut.boxed())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn criterion_config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .configure_from_args()
+}
+
+const STRING_KEYS: usize = 4_096;
+
+fn uncontended<Q, P>(c: &mut Criterion, group_name: &str, keys: &[Box<Q>])
+where
+    Q: ?Sized + Sync + Send + 'static,
+    P: Peer<Q>,
+{
+    let rt = runtime();
+    let peer = P::create();
+    let mut next = 0;
+    c.benchmark_group(group_name).bench_function(P::NAME, |b| {
+        b.to_async(&rt).iter(|| {
+            next = (next + 1) % keys.len();
+            peer.call(&keys[next], async { 1 })
+        })
+    });
+}
+
+/// Executions of the gated work, counted per peer and batch size.
+static EXECUTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// N callers of one key, each spawned; the work waits until all N have joined (each
+/// caller's future polled once), then optionally yields once. Returns the executions.
+async fn gated_batch<P: Peer<str>>(peer: Arc<P>, n: usize, yields: bool) -> u64 {
+    let joined = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(AtomicWaker::new());
+    let executions = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..n)
+        .map(|_| {
+            let (peer, joined, gate, executions) = (
+                peer.clone(),
+                joined.clone(),
+                gate.clone(),
+                executions.clone(),
+            );
+            tokio::spawn(async move {
+                let work = {
+                    let (joined, gate) = (joined.clone(), gate.clone());
+                    async move {
+                        executions.fetch_add(1, Ordering::Relaxed);
+                        poll_fn(|cx| {
+                            gate.register(cx.waker());
+                            if joined.load(Ordering::SeqCst) >= n {
+                                Poll::Ready(())
+                            } else {
+                                Poll::Pending
+                            }
+                        })
+                        .await;
+                        if yields {
+                            tokio::task::yield_now().await;
+                        }
+                        7
+                    }
+                };
+                let mut call = pin!(peer.call("key", work));
+                let mut first = true;
+                poll_fn(|cx| {
+                    let polled = call.as_mut().poll(cx);
+                    if std::mem::take(&mut first) && joined.fetch_add(1, Ordering::SeqCst) + 1 == n
+                    {
+                        gate.wake();
+                    }
+                    polled
+                })
+                .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap(), 7);
+    }
+    executions.load(Ordering::Relaxed)
+}
+
+const FAN_IN: [usize; 4] = [1, 10, 100, 1000];
+
+fn fan_in<P: Peer<str>>(c: &mut Criterion, yields: bool) {
+    let rt = runtime();
+    let peer = Arc::new(P::create());
+    let name = if yields { "fan_in_yield" } else { "fan_in" };
+    let mut group = c.benchmark_group(name);
+    for n in FAN_IN {
+        group.bench_with_input(BenchmarkId::new(P::NAME, n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| async {
+                let executions = gated_batch(peer.clone(), n, yields).await;
+                EXECUTIONS.fetch_add(executions, Ordering::Relaxed);
+            })
+        });
+    }
+}
+
+/// Executions per gated batch of 1,000 callers, over `batches` batches: (min, max).
+fn executions_per_batch<P: Peer<str>>(batches: usize) -> (u64, u64) {
+    let rt = runtime();
+    let peer = Arc::new(P::create());
+    let counts: Vec<u64> = (0..batches)
+        .map(|_| rt.block_on(gated_batch(peer.clone(), 1_000, false)))
+        .collect();
+    (*counts.iter().min().unwrap(), *counts.iter().max().unwrap())
+}
+
+const MIXED_CALLS: usize = 10_000;
+const MIXED_TASKS: usize = 64;
+const MIXED_KEYS: usize = 100;
+
+fn mixed<P: Peer<str>>(c: &mut Criterion, keys: &Arc<Vec<String>>) {
+    let rt = runtime();
+    let peer = Arc::new(P::create());
+    c.benchmark_group("mixed").bench_function(P::NAME, |b| {
+        b.to_async(&rt).iter(|| async {
+            let tasks: Vec<_> = (0..MIXED_TASKS)
+                .map(|t| {
+                    let (peer, keys) = (peer.clone(), keys.clone());
+                    tokio::spawn(async move {
+                        let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ (t as u64 + 1);
+                        for _ in 0..MIXED_CALLS / MIXED_TASKS {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            let key = &keys[(state % MIXED_KEYS as u64) as usize];
+                            let work = async {
+                                tokio::task::yield_now().await;
+                                1
+                            };
+                            black_box(peer.call(key, work).await);
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    });
+}
+
+/// N callers of one flight in one task: `work` followers, or `do_chan` receivers.
+fn chan_vs_work(c: &mut Criterion) {
+    let rt = runtime();
+    let group: oneflight::Group<String, u64> = oneflight::Group::new();
+    let mut bench = c.benchmark_group("chan_vs_work");
+    for n in [1usize, 100, 1000] {
+        bench.bench_with_input(BenchmarkId::new("work", n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| async {
+                let joined = Arc::new(AtomicUsize::new(0));
+                let gate = Arc::new(AtomicWaker::new());
+                let calls = (0..n).map(|_| {
+                    let work = gated_on(joined.clone(), gate.clone(), n);
+                    let (joined, gate) = (joined.clone(), gate.clone());
+                    let mut call = Box::pin(group.work("key", work));
+                    let mut first = true;
+                    poll_fn(move |cx| {
+                        let polled = call.as_mut().poll(cx);
+                        if std::mem::take(&mut first)
+                            && joined.fetch_add(1, Ordering::SeqCst) + 1 == n
+                        {
+                            gate.wake();
+                        }
+                        polled
+                    })
+                });
+                black_box(futures_util::future::join_all(calls).await);
+            })
+        });
+        bench.bench_with_input(BenchmarkId::new("do_chan", n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| async {
+                let joined = Arc::new(AtomicUsize::new(0));
+                let gate = Arc::new(AtomicWaker::new());
+                let receivers: Vec<_> = (0..n)
+                    .map(|_| group.do_chan("key", gated_on(joined.clone(), gate.clone(), n)))
+                    .collect();
+                joined.store(n, Ordering::SeqCst);
+                gate.wake();
+                for rx in receivers {
+                    black_box(rx.recv().await.unwrap());
+                }
+            })
+        });
+    }
+}
+
+/// Work that waits until `n` callers have joined.
+async fn gated_on(joined: Arc<AtomicUsize>, gate: Arc<AtomicWaker>, n: usize) -> u64 {
+    poll_fn(|cx| {
+        gate.register(cx.waker());
+        if joined.load(Ordering::SeqCst) >= n {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    7
+}
+
+/// The floor under gated fan-in: N spawned tasks that each wait on one event and are
+/// all woken by the last to arrive, with no singleflight logic at all.
+fn floor_fan_in(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("floor_fan_in");
+    for n in FAN_IN {
+        group.bench_with_input(BenchmarkId::new("spawn+listen+wake", n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| async {
+                let event = Arc::new(event_listener::Event::new());
+                let arrived = Arc::new(AtomicUsize::new(0));
+                let tasks: Vec<_> = (0..n)
+                    .map(|_| {
+                        let (event, arrived) = (event.clone(), arrived.clone());
+                        tokio::spawn(async move {
+                            let listener = event.listen();
+                            if arrived.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                                event.notify(usize::MAX);
+                            } else {
+                                listener.await;
+                            }
+                            7_u64
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    black_box(task.await.unwrap());
+                }
+            })
+        });
+    }
+}
+
+/// The floor under `mixed`: the same tasks and yields, each call only a locked map
+/// insert and remove with a key clone.
+fn floor_mixed(c: &mut Criterion, keys: &Arc<Vec<String>>) {
+    let rt = runtime();
+    let map: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    c.benchmark_group("mixed").bench_function("floor", |b| {
+        b.to_async(&rt).iter(|| async {
+            let tasks: Vec<_> = (0..MIXED_TASKS)
+                .map(|t| {
+                    let (map, keys) = (map.clone(), keys.clone());
+                    tokio::spawn(async move {
+                        let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ (t as u64 + 1);
+                        for _ in 0..MIXED_CALLS / MIXED_TASKS {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            let key = &keys[(state % MIXED_KEYS as u64) as usize];
+                            map.lock().unwrap().insert(key.clone(), 1);
+                            tokio::task::yield_now().await;
+                            black_box(map.lock().unwrap().remove(key));
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    });
+}
+
+fn floor(c: &mut Criterion, keys: &[Box<str>]) {
+    let mut group = c.benchmark_group("floor");
+    let map: Mutex<HashMap<String, u64>> = Mutex::default();
+    let mut next = 0;
+    group.bench_function("mutex-hashmap insert+remove+key clone", |b| {
+        b.iter(|| {
+            next = (next + 1) % keys.len();
+            let key: &str = &keys[next];
+            map.lock().unwrap().insert(key.to_owned(), 1);
+            black_box(map.lock().unwrap().remove(key))
+        })
+    });
+    let event = event_listener::Event::new();
+    group.bench_function("event-listener notify round trip", |b| {
+        b.iter(|| {
+            let listener = event.listen();
+            event.notify(1);
+            let mut listener = pin!(listener);
+            black_box(
+                listener
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()))
+                    .is_ready(),
+            )
+        })
+    });
+    let (tx, rx) = async_channel::bounded(1);
+    group.bench_function("async-channel send+recv", |b| {
+        b.iter(|| {
+            tx.try_send(1_u64).unwrap();
+            black_box(rx.try_recv().unwrap())
+        })
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Heap bytes per waiting caller
+
+/// Heap bytes a waiting caller costs when it joins a flight in the air (its future
+/// created and polled once), and the size of that future.
+fn follower_cost<P: Peer<str>>() -> (u64, usize) {
+    let peer = P::create();
+    let gate = Arc::new(AtomicWaker::new());
+    let joined = Arc::new(AtomicUsize::new(0));
+    let waker = Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let mut leader = Box::pin(peer.call("key", gated_on(joined.clone(), gate.clone(), 2)));
+    assert!(leader.as_mut().poll(&mut cx).is_pending());
+    // A first follower pays what a flight allocates once for its followers; measure the
+    // next one, the marginal cost of a waiting caller.
+    let mut first = Box::pin(peer.call("key", gated_on(joined.clone(), gate.clone(), 2)));
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    let mut size = 0;
+    let bytes = heap_bytes(|| {
+        let follower = peer.call("key", gated_on(joined.clone(), gate.clone(), 2));
+        size = std::mem::size_of_val(&follower);
+        let mut follower = pin!(follower);
+        assert!(follower.as_mut().poll(&mut cx).is_pending());
+    });
+    (bytes, size)
+}
+
+fn do_chan_follower_bytes() -> u64 {
+    let group: oneflight::Group<String, u64> = oneflight::Group::new();
+    let parked = Arc::new(Mutex::new(Vec::new()));
+    let keep = parked.clone();
+    let _leader = group.do_chan_with("key", async { 1 }, move |task| {
+        keep.lock().unwrap().push(task)
+    });
+    let mut receiver = None;
+    let bytes = heap_bytes(|| {
+        receiver = Some(group.do_chan_with("key", async { 2 }, |_task| {
+            unreachable!("a follower is not spawned")
+        }));
+    });
+    drop(receiver);
+    bytes
+}
+
+// ---------------------------------------------------------------------------------------
+// Summary
+
+/// The median of one benchmark, in nanoseconds, from criterion's saved estimates.
+fn median_ns(path: &str) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let text =
+        std::fs::read_to_string(format!("{dir}/criterion/{path}/new/estimates.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+const PEERS: [&str; 5] = [
+    "oneflight",
+    "singleflight-async",
+    "async_singleflight",
+    "uniflight",
+    "Shared-in-Mutex-HashMap",
+];
+
+/// One row of the summary: a metric per peer, lower is better.
+struct Row {
+    scenario: String,
+    unit: &'static str,
+    values: Vec<Option<f64>>,
+    target: Option<f64>,
+}
+
+impl Row {
+    /// oneflight's value over the best peer's.
+    fn ratio(&self) -> Option<f64> {
+        let ours = self.values[0]?;
+        let best = self.values[1..]
+            .iter()
+            .flatten()
+            .cloned()
+            .fold(f64::INFINITY, f64::min);
+        best.is_finite().then(|| ours / best)
+    }
+}
+
+fn summary(executions: &[(u64, u64)], heap: &[(u64, usize)], chan_bytes: u64) {
+    let per_call = |group: &str, divisor: f64| -> Vec<Option<f64>> {
+        PEERS
+            .iter()
+            .map(|p| median_ns(&format!("{group}/{p}")).map(|ns| ns / divisor))
+            .collect()
+    };
+    let slope = |group: &str| -> Vec<Option<f64>> {
+        PEERS
+            .iter()
+            .map(|p| {
+                let one = median_ns(&format!("{group}/{p}/1"))?;
+                let thousand = median_ns(&format!("{group}/{p}/1000"))?;
+                Some((thousand - one) / 999.0)
+            })
+            .collect()
+    };
+    let rows = vec![
+        Row {
+            scenario: "uncontended, String keys".into(),
+            unit: "ns/call",
+            values: per_call("uncontended_string", 1.0),
+            target: Some(0.6),
+        },
+        Row {
+            scenario: "uncontended, u64 keys".into(),
+            unit: "ns/call",
+            values: per_call("uncontended_u64", 1.0),
+            target: Some(0.6),
+        },
+        Row {
+            scenario: "gated fan-in, per added caller".into(),
+            unit: "ns/caller",
+            values: slope("fan_in"),
+            target: Some(0.8),
+        },
+        Row {
+            scenario: "gated fan-in (work yields), per added caller".into(),
+            unit: "ns/caller",
+            values: slope("fan_in_yield"),
+            target: Some(0.8),
+        },
+        Row {
+            scenario: "mixed: 64 tasks, 10,000 calls, 100 keys".into(),
+            unit: "ns/call",
+            values: per_call("mixed", MIXED_CALLS as f64),
+            target: Some(0.8),
+        },
+        Row {
+            scenario: "heap bytes per waiting caller".into(),
+            unit: "bytes",
+            values: heap.iter().map(|&(b, _)| Some(b as f64)).collect(),
+            target: None,
+        },
+        Row {
+            scenario: "size of a waiting caller's future".into(),
+            unit: "bytes",
+            values: heap.iter().map(|&(_, s)| Some(s as f64)).collect(),
+            target: None,
+        },
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| scenario | unit | {} | ratio to best peer | target |",
+        PEERS.join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|{}---|---|", "---|".repeat(PEERS.len()));
+    for row in &rows {
+        let cells: Vec<String> = row
+            .values
+            .iter()
+            .map(|v| {
+                v.map_or("n/a".into(), |v| {
+                    if v >= 100.0 {
+                        format!("{v:.0}")
+                    } else {
+                        format!("{v:.1}")
+                    }
+                })
+            })
+            .collect();
+        let ratio = row.ratio().map_or("n/a".into(), |r| format!("{r:.2}x"));
+        let target = row.target.map_or("".into(), |t| format!("<= {t}x"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {ratio} | {target} |",
+            row.scenario,
+            row.unit,
+            cells.join(" | ")
+        );
+    }
+    let cells: Vec<String> = executions
+        .iter()
+        .map(|(lo, hi)| {
+            if lo == hi {
+                format!("{lo}")
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "| executions per gated batch of 1,000 | count | {} | | 1 |",
+        cells.join(" | ")
+    );
+    let floor_slope = median_ns("floor_fan_in/spawn+listen+wake/1000")
+        .zip(median_ns("floor_fan_in/spawn+listen+wake/1"))
+        .map(|(a, b)| (a - b) / 999.0);
+    let floor_mixed = median_ns("mixed/floor").map(|ns| ns / MIXED_CALLS as f64);
+    let _ = writeln!(out);
+    if let Some(ns) = floor_slope {
+        let _ = writeln!(
+            out,
+            "floor under gated fan-in (tokio spawn, one event-listener wait and wake per task, no singleflight): {ns:.0} ns per added caller."
+        );
+    }
+    if let Some(ns) = floor_mixed {
+        let _ = writeln!(
+            out,
+            "floor under mixed (same tasks and yields, a locked HashMap insert+remove per call, no singleflight): {ns:.0} ns per call."
+        );
+    }
+    let work_slope = median_ns("chan_vs_work/work/1000")
+        .zip(median_ns("chan_vs_work/work/1"))
+        .map(|(a, b)| (a - b) / 999.0);
+    let chan_slope = median_ns("chan_vs_work/do_chan/1000")
+        .zip(median_ns("chan_vs_work/do_chan/1"))
+        .map(|(a, b)| (a - b) / 999.0);
+    let _ = writeln!(out);
+    if let (Some(work), Some(chan)) = (work_slope, chan_slope) {
+        let _ = writeln!(
+            out,
+            "oneflight, one task, per added caller: `work` follower {work:.0} ns, `do_chan` receiver {chan:.0} ns ({:.2}x; target <= 1.5x); heap bytes per `do_chan` caller that joins: {chan_bytes}.",
+            chan / work
+        );
+    }
+    for (name, path) in [
+        (
+            "Mutex<HashMap> insert+remove with a key clone",
+            "floor/mutex-hashmap insert+remove+key clone",
+        ),
+        (
+            "event-listener notify round trip",
+            "floor/event-listener notify round trip",
+        ),
+        ("async-channel send+recv", "floor/async-channel send+recv"),
+    ] {
+        if let Some(ns) = median_ns(path) {
+            let _ = writeln!(out, "floor: {name}: {ns:.0} ns.");
+        }
+    }
+    println!("\n{out}");
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let _ = std::fs::write(format!("{dir}/criterion/peers-summary.md"), &out);
+    let _ = std::fs::write("docs/peers.svg", chart(&rows));
+}
+
+/// A bar chart of each scenario's times relative to the best peer (1.0 = best peer).
+fn chart(rows: &[Row]) -> String {
+    let rows: Vec<&Row> = rows.iter().filter(|r| r.target.is_some()).collect();
+    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
+    let (row_height, bar, left, width) = (110.0, 16.0, 300.0, 420.0);
+    let height = 60.0 + row_height * rows.len() as f64 + 40.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"24\" font-size=\"15\">Time relative to the best peer in each scenario (lower is better; 1.0 = best peer)</text>\n",
+        left + width + 120.0
+    );
+    let max = rows
+        .iter()
+        .flat_map(|r| {
+            let best = r.values[1..]
+                .iter()
+                .flatten()
+                .cloned()
+                .fold(f64::INFINITY, f64::min);
+            r.values
+                .iter()
+                .flatten()
+                .map(move |v| v / best)
+                .collect::<Vec<_>>()
+        })
+        .fold(1.0_f64, f64::max)
+        .min(8.0);
+    for (i, row) in rows.iter().enumerate() {
+        let top = 50.0 + row_height * i as f64;
+        let best = row.values[1..]
+            .iter()
+            .flatten()
+            .cloned()
+            .fold(f64::INFINITY, f64::min);
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{}\" font-weight=\"bold\">{}</text>",
+            top + 12.0,
+            row.scenario
+        );
+        for (p, value) in row.values.iter().enumerate() {
+            let y = top + 20.0 + p as f64 * bar;
+            let _ = writeln!(
+                svg,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+                left - 6.0,
+                y + 12.0,
+                PEERS[p].replace('<', "&lt;").replace('>', "&gt;")
+            );
+            if let Some(v) = value {
+                let ratio = v / best;
+                let w = (ratio.min(max) / max * width).max(1.0);
+                let _ = writeln!(
+                    svg,
+                    "<rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{}\"/>",
+                    bar - 3.0,
+                    colors[p]
+                );
+                let _ = writeln!(
+                    svg,
+                    "<text x=\"{:.1}\" y=\"{}\">{ratio:.2}x ({v:.0} {})</text>",
+                    left + w + 4.0,
+                    y + 12.0,
+                    row.unit
+                );
+            }
+        }
+        let x = left + width / max;
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#888\" stroke-dasharray=\"3,3\"/>",
+            top + 18.0,
+            top + 20.0 + bar * PEERS.len() as f64
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn benches(c: &mut Criterion) {
+    let string_keys: Vec<Box<str>> = (0..STRING_KEYS)
+        .map(|i| format!("user:{i:08}").into_boxed_str())
+        .collect();
+    let u64_keys: Vec<Box<u64>> = (0..STRING_KEYS as u64).map(Box::new).collect();
+    let mixed_keys = Arc::new(
+        (0..MIXED_KEYS)
+            .map(|i| format!("user:{i:08}"))
+            .collect::<Vec<_>>(),
+    );
+
+    uncontended::<str, oneflight::Group<String, u64>>(c, "uncontended_string", &string_keys);
+    uncontended::<str, singleflight_async::SingleFlight<String, u64>>(
+        c,
+        "uncontended_string",
+        &string_keys,
+    );
+    uncontended::<str, async_singleflight::UnaryGroup<String, u64>>(
+        c,
+        "uncontended_string",
+        &string_keys,
+    );
+    uncontended::<str, uniflight::Merger<String, u64>>(c, "uncontended_string", &string_keys);
+    uncontended::<str, SharedMap<String>>(c, "uncontended_string", &string_keys);
+
+    uncontended::<u64, oneflight::Group<u64, u64>>(c, "uncontended_u64", &u64_keys);
+    uncontended::<u64, singleflight_async::SingleFlight<u64, u64>>(c, "uncontended_u64", &u64_keys);
+    uncontended::<u64, async_singleflight::UnaryGroup<u64, u64>>(c, "uncontended_u64", &u64_keys);
+    uncontended::<u64, uniflight::Merger<u64, u64>>(c, "uncontended_u64", &u64_keys);
+    uncontended::<u64, SharedMap<u64>>(c, "uncontended_u64", &u64_keys);
+
+    for yields in [false, true] {
+        fan_in::<oneflight::Group<String, u64>>(c, yields);
+        fan_in::<singleflight_async::SingleFlight<String, u64>>(c, yields);
+        fan_in::<async_singleflight::UnaryGroup<String, u64>>(c, yields);
+        fan_in::<uniflight::Merger<String, u64>>(c, yields);
+        fan_in::<SharedMap<String>>(c, yields);
+    }
+
+    mixed::<oneflight::Group<String, u64>>(c, &mixed_keys);
+    mixed::<singleflight_async::SingleFlight<String, u64>>(c, &mixed_keys);
+    mixed::<async_singleflight::UnaryGroup<String, u64>>(c, &mixed_keys);
+    mixed::<uniflight::Merger<String, u64>>(c, &mixed_keys);
+    mixed::<SharedMap<String>>(c, &mixed_keys);
+
+    floor_mixed(c, &mixed_keys);
+    chan_vs_work(c);
+    floor(c, &string_keys);
+    floor_fan_in(c);
+}
+
+criterion_group! {
+    name = peers;
+    config = criterion_config();
+    targets = benches
+}
+
+fn main() {
+    peers();
+    Criterion::default().configure_from_args().final_summary();
+    // Heap and execution counts are measured apart from the timings, on an idle machine.
+    let heap = vec![
+        follower_cost::<oneflight::Group<String, u64>>(),
+        follower_cost::<singleflight_async::SingleFlight<String, u64>>(),
+        follower_cost::<async_singleflight::UnaryGroup<String, u64>>(),
+        follower_cost::<uniflight::Merger<String, u64>>(),
+        follower_cost::<SharedMap<String>>(),
+    ];
+    let batches = 20;
+    let executions = vec![
+        executions_per_batch::<oneflight::Group<String, u64>>(batches),
+        executions_per_batch::<singleflight_async::SingleFlight<String, u64>>(batches),
+        executions_per_batch::<async_singleflight::UnaryGroup<String, u64>>(batches),
+        executions_per_batch::<uniflight::Merger<String, u64>>(batches),
+        executions_per_batch::<SharedMap<String>>(batches),
+    ];
+    summary(&executions, &heap, do_chan_follower_bytes());
+}
