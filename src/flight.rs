@@ -11,20 +11,25 @@
 //!   Ended <-----------------------'
 //! ```
 //!
-//! Invariants, each kept under the call's lock:
+//! A [`Flight`] lives in its group's map (or, once forgotten, in the group's list of
+//! forgotten flights) and is only touched under the group's lock. Invariants, each kept
+//! under that lock:
 //!
 //! - In `Running`, exactly one runner exists: a `work` caller polling its future or a
 //!   spawned task (or a spawner about to receive one). So one future runs per flight.
 //! - `Vacant` never lasts while a caller that could run the flight waits unwoken: when a
 //!   flight becomes vacant with `waiting > 0`, every waiting `work` caller is woken, and
-//!   the first to lock the state claims the run. With no `work` caller waiting, a live
+//!   the first to take the lock claims the run. With no `work` caller waiting, a live
 //!   standby `do_chan` caller is started at once; with neither, the flight ends.
-//! - A flight ends (`Ended`) in the same critical section, under the group's map lock,
-//!   that removes its map entry and publishes its outcome, so nobody joins an ended
-//!   flight. The outcome is set whenever a `work` caller or a `do_chan` receiver waits;
-//!   a flight that ends without one (nobody could run it) has no `work` caller waiting.
+//! - A flight that ends leaves the group's structures in the same critical section that
+//!   publishes its outcome, so nobody joins an ended flight. The outcome is set whenever a
+//!   `work` caller waits; a flight that ends without one (nobody could run it) has no
+//!   `work` caller waiting.
 //! - No user code (futures, spawners, `Clone`, drops of user values) runs under the lock:
 //!   what must be dropped or started is handed out and dealt with after unlocking.
+//!
+//! An uncontended flight allocates nothing here: [`Waiters`], what `work` followers wait
+//! on, is allocated when the first of them joins.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -32,34 +37,43 @@ use async_channel::Sender;
 use event_listener::Event;
 
 use crate::outcome::{Outcome, Panicked};
-use crate::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use crate::sync::{Arc, OnceLock};
 
-/// Starts a waiting `do_chan` caller's future on its own executor, to take a flight over.
-pub(crate) type Start<V> = Box<dyn FnOnce(Arc<Call<V>>) + Send>;
-
-/// The record of one flight, shared by all its callers.
-pub(crate) struct Call<V> {
-    /// Who runs and who waits. Taken after the group's map lock when both are held.
-    state: Mutex<State<V>>,
-    /// The flight's result: written once, in the critical section that ends the flight,
-    /// and read without a lock afterwards.
-    pub(crate) outcome: OnceLock<Result<V, Panicked>>,
-    /// Wakes waiting `work` callers when the flight ends or becomes vacant.
-    pub(crate) event: Event,
+/// Names a flight for its callers: its key's hash and its id, unique in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlightId {
+    pub(crate) hash: u64,
+    pub(crate) id: u64,
 }
 
-/// The mutable part of a [`Call`], guarded by its lock.
-pub(crate) struct State<V> {
+/// Starts a waiting `do_chan` caller's future on its own executor, to take a flight over.
+pub(crate) type Start = Box<dyn FnOnce(FlightId) + Send>;
+
+/// One flight: who runs it and who waits. Guarded by the group's lock.
+pub(crate) struct Flight<V> {
+    /// Unique in the group: how callers find their flight again.
+    pub(crate) id: u64,
     /// Where the flight stands.
     pub(crate) phase: Phase,
     /// Callers that ever joined, the first included (`shared` is `joined > 1`).
     joined: usize,
     /// `work` callers waiting now (the runner not included).
     waiting: usize,
+    /// What waiting `work` callers listen on; allocated when the first of them joins.
+    waiters: Option<Arc<Waiters<V>>>,
     /// One sender per `do_chan` caller: each gets the outcome when the flight ends.
     senders: Vec<Sender<Outcome<V>>>,
     /// Waiting `do_chan` callers whose futures can take the flight over, oldest first.
     standby: Vec<Standby<V>>,
+}
+
+/// What waiting `work` callers share with the flight, outside the lock.
+pub(crate) struct Waiters<V> {
+    /// The flight's result: written once, in the critical section that ends the flight,
+    /// and read without a lock afterwards.
+    pub(crate) outcome: OnceLock<Result<V, Panicked>>,
+    /// Wakes waiting `work` callers when the flight ends or becomes vacant.
+    pub(crate) event: Event,
 }
 
 /// The phase of a flight; see the module docs.
@@ -69,7 +83,7 @@ pub(crate) enum Phase {
     Running,
     /// The runner went away before an outcome; the next waiting caller takes over.
     Vacant,
-    /// The flight is over and out of the map.
+    /// The flight is over: it is about to leave the group's structures.
     Ended,
 }
 
@@ -78,7 +92,7 @@ pub(crate) struct Standby<V> {
     /// A clone of the caller's sender, to tell whether its receiver still exists.
     sender: Sender<Outcome<V>>,
     /// Spawns the caller's future as the flight's new runner.
-    start: Start<V>,
+    start: Start,
 }
 
 /// What must happen, after unlocking, when a runner or a waiter leaves a flight.
@@ -87,8 +101,9 @@ pub(crate) enum Handover<V> {
     /// Nothing: a runner remains or is already being chosen.
     Nothing,
     /// Every waiting `work` caller must be woken; the first claims the run.
-    WakeWaiters,
-    /// This standby's future must be spawned; it already owns the run.
+    WakeWaiters(Arc<Waiters<V>>),
+    /// This standby's future must be spawned; it already owns the run. The others are
+    /// gone (their receivers were dropped) and are dropped after unlocking.
     Start(Standby<V>, Vec<Standby<V>>),
     /// Nobody can run the flight: it has ended without an outcome. Dropping the senders
     /// closes the channels of `do_chan` callers.
@@ -99,7 +114,9 @@ pub(crate) enum Handover<V> {
 pub(crate) struct Ended<V> {
     /// Whether more than one caller joined.
     pub(crate) shared: bool,
-    /// Whether a `work` caller waits on the event.
+    /// Where waiting `work` callers find the outcome, if any ever joined.
+    pub(crate) waiters: Option<Arc<Waiters<V>>>,
+    /// Whether a `work` caller waits now, to be woken.
     pub(crate) waiting: bool,
     /// The `do_chan` callers to send the outcome to.
     pub(crate) senders: Vec<Sender<Outcome<V>>>,
@@ -107,49 +124,40 @@ pub(crate) struct Ended<V> {
     pub(crate) standby: Vec<Standby<V>>,
 }
 
-impl<V> Call<V> {
+impl<V> Flight<V> {
     /// A new flight with its first caller as the runner.
-    pub(crate) fn new() -> Self {
-        Call {
-            state: Mutex::new(State {
-                phase: Phase::Running,
-                joined: 1,
-                waiting: 0,
-                senders: Vec::new(),
-                standby: Vec::new(),
-            }),
-            outcome: OnceLock::new(),
-            event: Event::new(),
+    pub(crate) fn new(id: u64) -> Self {
+        Flight {
+            id,
+            phase: Phase::Running,
+            joined: 1,
+            waiting: 0,
+            waiters: None,
+            senders: Vec::new(),
+            standby: Vec::new(),
         }
     }
 
-    /// Locks the state. A panic never leaves it half-updated (no user code runs under
-    /// the lock), so a poisoned lock is used as is.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State<V>> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl<V> State<V> {
-    /// A `work` caller joins. Returns `true` if it must run the flight now (it was vacant).
-    pub(crate) fn join_work(&mut self) -> bool {
+    /// A `work` caller joins. Returns `None` if it must run the flight now (it was
+    /// vacant), else what it waits on.
+    pub(crate) fn join_work(&mut self) -> Option<Arc<Waiters<V>>> {
         self.joined += 1;
         if self.claim() {
-            return true;
+            return None;
         }
         self.waiting += 1;
-        false
+        let waiters = self.waiters.get_or_insert_with(|| {
+            Arc::new(Waiters {
+                outcome: OnceLock::new(),
+                event: Event::new(),
+            })
+        });
+        Some(waiters.clone())
     }
 
     /// A `do_chan` caller joins with its sender. Returns its `start` back if it must run
     /// the flight now (it was vacant); else keeps it as a standby.
-    pub(crate) fn join_chan(
-        &mut self,
-        sender: Sender<Outcome<V>>,
-        start: Start<V>,
-    ) -> Option<Start<V>> {
+    pub(crate) fn join_chan(&mut self, sender: Sender<Outcome<V>>, start: Start) -> Option<Start> {
         self.joined += 1;
         if self.claim() {
             self.senders.push(sender);
@@ -169,8 +177,8 @@ impl<V> State<V> {
     }
 
     /// Makes the caller the runner if the flight is vacant.
-    pub(crate) fn claim(&mut self) -> bool {
-        debug_assert_ne!(self.phase, Phase::Ended, "ended flights are out of the map");
+    fn claim(&mut self) -> bool {
+        debug_assert_ne!(self.phase, Phase::Ended, "ended flights are unreachable");
         if self.phase == Phase::Vacant {
             self.phase = Phase::Running;
             return true;
@@ -180,7 +188,7 @@ impl<V> State<V> {
 
     /// A waiting `work` caller claims a vacant flight. Returns whether it now runs it.
     pub(crate) fn claim_waiting(&mut self) -> bool {
-        let claimed = self.phase == Phase::Vacant && self.claim();
+        let claimed = self.claim();
         if claimed {
             self.waiting -= 1;
         }
@@ -197,6 +205,7 @@ impl<V> State<V> {
         self.phase = Phase::Ended;
         Ended {
             shared: self.shared(),
+            waiters: self.waiters.take(),
             waiting: self.waiting > 0,
             senders: std::mem::take(&mut self.senders),
             standby: std::mem::take(&mut self.standby),
@@ -222,7 +231,11 @@ impl<V> State<V> {
     /// Chooses the next runner of a vacant flight, or ends it.
     fn reassign(&mut self) -> Handover<V> {
         if self.waiting > 0 {
-            return Handover::WakeWaiters;
+            let waiters = self
+                .waiters
+                .clone()
+                .expect("waiting callers have their waiters");
+            return Handover::WakeWaiters(waiters);
         }
         // A `do_chan` caller whose receiver is gone no longer waits: skip it.
         match self.standby.iter().rposition(|s| !s.sender.is_closed()) {
@@ -244,21 +257,19 @@ impl<V> State<V> {
 }
 
 impl<V> Handover<V> {
-    /// Carries the hand-over out, after every lock is released.
-    pub(crate) fn run(self, call: &Arc<Call<V>>) {
+    /// Carries the hand-over out, after the lock is released.
+    pub(crate) fn run(self, flight: FlightId) {
         match self {
             Handover::Nothing => {}
-            Handover::WakeWaiters => {
-                call.event.notify(usize::MAX);
+            Handover::WakeWaiters(waiters) => {
+                waiters.event.notify(usize::MAX);
             }
             Handover::Start(next, gone) => {
                 drop_quietly(gone);
                 // The spawner belongs to the caller being started, not to the one running
                 // this hand-over. If it panics, the task it received was dropped, and that
                 // drop already handed the flight on; the panic itself goes no further.
-                drop_quietly(catch_unwind(AssertUnwindSafe(|| {
-                    (next.start)(call.clone())
-                })));
+                drop_quietly(catch_unwind(AssertUnwindSafe(|| (next.start)(flight))));
             }
             Handover::Abandoned(senders, standby) => {
                 drop(senders);
@@ -269,15 +280,16 @@ impl<V> Handover<V> {
 }
 
 impl<V: Clone> Ended<V> {
-    /// Wakes waiting `work` callers and sends the outcome to each `do_chan` caller.
+    /// Wakes waiting `work` callers and sends the outcome to each `do_chan` caller:
+    /// `value` if the flight's future returned one, `None` if it panicked.
     ///
     /// A value's `Clone` that panics closes only that receiver's channel. After a panic of
     /// the flight's future, every channel closes without a message.
-    pub(crate) fn deliver(self, call: &Call<V>) {
-        if self.waiting {
-            call.event.notify(usize::MAX);
+    pub(crate) fn deliver(self, value: Option<&V>) {
+        if let (true, Some(waiters)) = (self.waiting, &self.waiters) {
+            waiters.event.notify(usize::MAX);
         }
-        if let Some(Ok(value)) = call.outcome.get() {
+        if let Some(value) = value {
             for sender in &self.senders {
                 if sender.is_closed() {
                     continue;

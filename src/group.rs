@@ -4,6 +4,7 @@
 
 use std::any::Any;
 use std::borrow::{Borrow, Cow};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, IntoFuture, poll_fn};
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -16,7 +17,7 @@ use futures_util::future::BoxFuture;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as Slot;
 
-use crate::flight::{Call, Handover, Phase, Start, State, drop_quietly};
+use crate::flight::{Flight, FlightId, Phase, Start, Waiters, drop_quietly};
 use crate::outcome::{Outcome, Panicked};
 use crate::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,10 +46,21 @@ pub struct Group<K, V, S = RandomState> {
 struct Inner<K, V, S> {
     /// Hashes each key once, outside the lock.
     hasher: S,
+    /// Every flight and its state. A short lock: never held across an `.await`, while a
+    /// caller's future runs, or while user code runs, but for the caller's own key's
+    /// `Eq`, `Borrow` and `ToOwned`.
+    flights: Mutex<Flights<K, V>>,
+}
+
+/// The flights of a group, guarded by its lock.
+struct Flights<K, V> {
     /// The flights a new caller would join, one per key. Each entry keeps its key's hash,
-    /// so growing the table runs no user code. Never held across an `.await` or while a
-    /// caller's future runs.
-    flights: Mutex<HashTable<Entry<K, V>>>,
+    /// so growing the table runs no user code.
+    table: HashTable<Entry<K, V>>,
+    /// Forgotten flights that still run, by id: their callers still reach them.
+    forgotten: HashMap<u64, Flight<V>>,
+    /// The id of the next flight.
+    next_id: u64,
 }
 
 /// A flight in the map.
@@ -57,16 +69,8 @@ struct Entry<K, V> {
     hash: u64,
     /// The key, owned.
     key: K,
-    /// The flight's record, shared with its callers.
-    call: Arc<Call<V>>,
-}
-
-/// How a caller joined: by starting (or taking over) a flight, or by waiting on one.
-enum Joined<V> {
-    /// The caller runs the flight.
-    Run(Arc<Call<V>>),
-    /// The caller waits for another caller's run.
-    Wait(Arc<Call<V>>),
+    /// The flight's state.
+    flight: Flight<V>,
 }
 
 impl<K, V> Group<K, V, RandomState> {
@@ -100,7 +104,11 @@ impl<K, V, S> Group<K, V, S> {
         Group {
             inner: Arc::new(Inner {
                 hasher,
-                flights: Mutex::new(HashTable::new()),
+                flights: Mutex::new(Flights {
+                    table: HashTable::new(),
+                    forgotten: HashMap::new(),
+                    next_id: 0,
+                }),
             }),
         }
     }
@@ -118,7 +126,7 @@ impl<K, V, S> Group<K, V, S> {
     /// # });
     /// ```
     pub fn in_flight(&self) -> usize {
-        self.inner.lock().len()
+        self.inner.lock().table.len()
     }
 }
 
@@ -194,21 +202,23 @@ where
         V: Clone,
     {
         let hash = self.inner.hasher.hash_one(key);
-        let joined = self
-            .inner
-            .join(hash, key, |state, fresh| fresh || state.join_work());
-        let call = match joined {
-            Joined::Run(call) => {
-                return Runner::new(Cow::Borrowed(&self.inner), call, hash)
-                    .run_work(fut)
-                    .await;
-            }
-            Joined::Wait(call) => call,
+        let (flight, waiters) =
+            self.inner.join(
+                hash,
+                key,
+                |flight, fresh| {
+                    if fresh { None } else { flight.join_work() }
+                },
+            );
+        let Some(waiters) = waiters else {
+            return Runner::new(Cow::Borrowed(&self.inner), flight)
+                .run_work(fut)
+                .await;
         };
         let mut waiter = Waiter {
             group: &self.inner,
-            call,
-            hash,
+            flight,
+            waiters,
             armed: true,
         };
         match waiter.wait().await {
@@ -275,7 +285,7 @@ where
         Q: ?Sized + Hash + Eq,
         K: Borrow<Q>,
     {
-        self.inner.forget(key, |state| !state.shared())
+        self.inner.forget(key, |flight| !flight.shared())
     }
 
     /// Like [`do_chan`](Self::do_chan), on any executor: `spawn` receives the flight's
@@ -333,29 +343,25 @@ where
         let group = self.inner.clone();
         // Creates the runner before spawning, so that a task its executor drops unpolled
         // still hands the flight over.
-        let start = move |call: Arc<Call<V>>| {
-            let runner = Runner::new(Cow::Owned(group), call, hash);
+        let start = move |flight: FlightId| {
+            let runner = Runner::new(Cow::Owned(group), flight);
             spawn(Box::pin(runner.run_task(fut)));
         };
         // Boxed only if this caller stands by; a caller that starts a flight runs it as is.
         let mut unboxed = Some(start);
-        let mut claimed = None;
-        let joined = self.inner.join(hash, key, |state, fresh| {
+        let (flight, (fresh, claimed)) = self.inner.join(hash, key, |flight, fresh| {
             if fresh {
-                state.add_sender(sender);
-                return true;
+                flight.add_sender(sender);
+                return (true, None);
             }
-            let start: Start<V> = Box::new(unboxed.take().expect("joins once"));
-            claimed = state.join_chan(sender, start);
-            claimed.is_some()
+            let start: Start = Box::new(unboxed.take().expect("joins once"));
+            (false, flight.join_chan(sender, start))
         });
-        // Spawning is user code: only now, with every lock released.
-        if let Joined::Run(call) = joined {
-            match (claimed, unboxed) {
-                (Some(start), _) => start(call),
-                (None, Some(start)) => start(call),
-                (None, None) => unreachable!("a runner keeps its start"),
-            }
+        // Spawning is user code: only now, with the lock released.
+        if let Some(start) = claimed {
+            start(flight);
+        } else if fresh {
+            (unboxed.take().expect("a fresh flight keeps its start"))(flight);
         }
         receiver
     }
@@ -462,79 +468,72 @@ impl<K, V, S> fmt::Debug for Group<K, V, S> {
 }
 
 impl<K, V, S> Inner<K, V, S> {
-    fn lock(&self) -> MutexGuard<'_, HashTable<Entry<K, V>>> {
-        // A panic under this lock (in a key's `Eq` or `ToOwned`) leaves the table as it
-        // was, so a poisoned lock is used as is.
+    fn lock(&self) -> MutexGuard<'_, Flights<K, V>> {
+        // A panic under this lock (in a key's `Eq` or `ToOwned`) leaves the flights as
+        // they were, so a poisoned lock is used as is.
         self.flights
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Finds the flight for `key` or starts one, under the map lock, and lets `join`
-    /// record the caller in its state (`fresh` if the caller starts it). `join` returns
-    /// whether the caller runs the flight.
-    fn join<Q>(
+    /// Finds the flight for `key` or starts one, under the lock, and lets `join` record
+    /// the caller in it (`fresh` if the caller starts it).
+    fn join<Q, R>(
         &self,
         hash: u64,
         key: &Q,
-        join: impl FnOnce(&mut State<V>, bool) -> bool,
-    ) -> Joined<V>
+        join: impl FnOnce(&mut Flight<V>, bool) -> R,
+    ) -> (FlightId, R)
     where
         Q: ?Sized + Eq + ToOwned,
         Q::Owned: Into<K>,
         K: Borrow<Q>,
     {
         let mut flights = self.lock();
+        let Flights { table, next_id, .. } = &mut *flights;
         // The only user code under the lock is the caller's own key: `Eq` and `Borrow`
         // here, `ToOwned` and `Into` below. A panic in either leaves the table unchanged.
-        let (call, runs) =
-            match flights.entry(hash, |entry| entry.key.borrow() == key, |entry| entry.hash) {
-                Slot::Occupied(entry) => {
-                    let call = entry.get().call.clone();
-                    let runs = join(&mut call.lock(), false);
-                    (call, runs)
-                }
-                Slot::Vacant(slot) => {
-                    let key = key.to_owned().into();
-                    let call = Arc::new(Call::new());
-                    let runs = join(&mut call.lock(), true);
-                    slot.insert(Entry {
-                        hash,
-                        key,
-                        call: call.clone(),
-                    });
-                    (call, runs)
-                }
-            };
-        if runs {
-            Joined::Run(call)
-        } else {
-            Joined::Wait(call)
-        }
-    }
-
-    /// Applies `update` to a flight's state under the map lock, and if it leaves the
-    /// flight ended, removes the flight's entry in the same critical section: only its
-    /// own entry, found by identity, never a newer flight of the same key.
-    fn update<R>(
-        &self,
-        hash: u64,
-        call: &Arc<Call<V>>,
-        update: impl FnOnce(&mut State<V>) -> R,
-    ) -> R {
-        let mut flights = self.lock();
-        let mut state = call.lock();
-        let result = update(&mut state);
-        if state.phase == Phase::Ended {
-            if let Ok(entry) = flights.find_entry(hash, |entry| Arc::ptr_eq(&entry.call, call)) {
-                entry.remove();
+        match table.entry(hash, |entry| entry.key.borrow() == key, |entry| entry.hash) {
+            Slot::Occupied(mut entry) => {
+                let flight = &mut entry.get_mut().flight;
+                let id = FlightId {
+                    hash,
+                    id: flight.id,
+                };
+                (id, join(flight, false))
+            }
+            Slot::Vacant(slot) => {
+                let key = key.to_owned().into();
+                let id = *next_id;
+                *next_id += 1;
+                let mut flight = Flight::new(id);
+                let joined = join(&mut flight, true);
+                slot.insert(Entry { hash, key, flight });
+                (FlightId { hash, id }, joined)
             }
         }
-        result
     }
 
-    /// Removes the entry for `key` if `when` agrees on its flight's state.
-    fn forget<Q>(&self, key: &Q, when: impl FnOnce(&State<V>) -> bool) -> bool
+    /// Applies `update` to a flight under the lock, and if that ends the flight, removes
+    /// it in the same critical section: only that flight, found by its id, never a newer
+    /// flight of the same key. `None` if the flight has already ended.
+    fn update<R>(&self, id: FlightId, update: impl FnOnce(&mut Flight<V>) -> R) -> Option<R> {
+        let removed;
+        let result = {
+            let mut flights = self.lock();
+            let flight = flights.get_mut(id)?;
+            let result = update(flight);
+            removed = (flight.phase == Phase::Ended).then(|| flights.remove(id));
+            result
+        };
+        // A removed key is dropped after unlocking: its `Drop` is user code.
+        drop(removed);
+        Some(result)
+    }
+
+    /// Forgets the flight for `key` if `when` agrees on its state: moves it out of the
+    /// map, to run on for the callers that have it.
+    fn forget<Q>(&self, key: &Q, when: impl FnOnce(&Flight<V>) -> bool) -> bool
     where
         Q: ?Sized + Hash + Eq,
         K: Borrow<Q>,
@@ -542,12 +541,45 @@ impl<K, V, S> Inner<K, V, S> {
     {
         let hash = self.hasher.hash_one(key);
         let mut flights = self.lock();
-        match flights.find_entry(hash, |entry| entry.key.borrow() == key) {
-            Ok(entry) if when(&entry.get().call.lock()) => {
-                entry.remove();
+        let Flights {
+            table, forgotten, ..
+        } = &mut *flights;
+        match table.find_entry(hash, |entry| entry.key.borrow() == key) {
+            Ok(entry) if when(&entry.get().flight) => {
+                let (Entry { key, flight, .. }, _) = entry.remove();
+                forgotten.insert(flight.id, flight);
+                drop(flights);
+                drop(key);
                 true
             }
             _ => false,
+        }
+    }
+}
+
+impl<K, V> Flights<K, V> {
+    /// The flight named by `id`, in the map or among the forgotten ones.
+    fn get_mut(&mut self, id: FlightId) -> Option<&mut Flight<V>> {
+        let Flights {
+            table, forgotten, ..
+        } = self;
+        match table.find_mut(id.hash, |entry| entry.flight.id == id.id) {
+            Some(entry) => Some(&mut entry.flight),
+            None => forgotten.get_mut(&id.id),
+        }
+    }
+
+    /// Removes the flight named by `id`; returns its key if it was in the map.
+    fn remove(&mut self, id: FlightId) -> Option<K> {
+        match self
+            .table
+            .find_entry(id.hash, |entry| entry.flight.id == id.id)
+        {
+            Ok(entry) => Some(entry.remove().0.key),
+            Err(_) => {
+                self.forgotten.remove(&id.id);
+                None
+            }
         }
     }
 }
@@ -557,18 +589,16 @@ impl<K, V, S> Inner<K, V, S> {
 struct Runner<'g, K, V, S> {
     /// Borrowed by a `work` caller; owned by a spawned task, which must be `'static`.
     group: Cow<'g, Arc<Inner<K, V, S>>>,
-    call: Arc<Call<V>>,
-    hash: u64,
+    flight: FlightId,
     /// Set once the outcome is published; disarms the hand-over on drop.
     finished: bool,
 }
 
 impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
-    fn new(group: Cow<'g, Arc<Inner<K, V, S>>>, call: Arc<Call<V>>, hash: u64) -> Self {
+    fn new(group: Cow<'g, Arc<Inner<K, V, S>>>, flight: FlightId) -> Self {
         Runner {
             group,
-            call,
-            hash,
+            flight,
             finished: false,
         }
     }
@@ -620,29 +650,35 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
         }
     }
 
-    /// Ends the flight with `outcome`: removes its entry and publishes in one critical
-    /// section, then wakes and sends to the waiting callers.
+    /// Ends the flight with `outcome`: removes it and publishes in one critical section,
+    /// then wakes and sends to the waiting callers.
     fn publish(&mut self, outcome: Result<V, Panicked>, keep: bool) -> Option<V> {
         self.finished = true;
-        let call = &self.call;
-        let (ended, unshared) = self.group.update(self.hash, call, |state| {
-            let ended = state.end();
-            if ended.waiting || !ended.senders.is_empty() {
-                let _ = call.outcome.set(outcome);
-                (ended, None)
-            } else {
-                (ended, Some(outcome))
+        let mut unshared = Some(outcome);
+        let ended = self.group.update(self.flight, |flight| {
+            let ended = flight.end();
+            if let Some(waiters) = &ended.waiters {
+                let _ = waiters
+                    .outcome
+                    .set(unshared.take().expect("published once"));
             }
+            ended
         });
-        ended.deliver(call);
+        let ended = ended.expect("only its runner ends a running flight");
+        let waiters = ended.waiters.clone();
+        let published = match (&unshared, &waiters) {
+            (Some(outcome), _) => outcome.as_ref().ok(),
+            (None, Some(waiters)) => waiters.outcome.get().and_then(|o| o.as_ref().ok()),
+            (None, None) => None,
+        };
+        ended.deliver(published);
+        if !keep {
+            return None;
+        }
         match unshared {
-            Some(Ok(value)) => keep.then_some(value),
-            Some(Err(_)) => None,
-            // The runner's clone happens last: if it panics, only the runner is hurt.
-            None => match call.outcome.get() {
-                Some(Ok(value)) if keep => Some(value.clone()),
-                _ => None,
-            },
+            Some(outcome) => outcome.ok(),
+            // The runner's clone comes last: if it panics, only the runner is hurt.
+            None => published.cloned(),
         }
     }
 }
@@ -650,9 +686,9 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
 impl<K, V, S> Drop for Runner<'_, K, V, S> {
     fn drop(&mut self) {
         if !self.finished {
-            self.group
-                .update(self.hash, &self.call, State::vacate)
-                .run(&self.call);
+            if let Some(handover) = self.group.update(self.flight, Flight::vacate) {
+                handover.run(self.flight);
+            }
         }
     }
 }
@@ -661,8 +697,9 @@ impl<K, V, S> Drop for Runner<'_, K, V, S> {
 /// the flight, handing it on if the flight was vacant and counting on this caller.
 struct Waiter<'g, K, V, S> {
     group: &'g Arc<Inner<K, V, S>>,
-    call: Arc<Call<V>>,
-    hash: u64,
+    flight: FlightId,
+    /// Where the outcome appears, and the event that announces it.
+    waiters: Arc<Waiters<V>>,
     /// Whether this caller is still counted among the flight's waiting callers.
     armed: bool,
 }
@@ -672,30 +709,31 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
     async fn wait(&mut self) -> Result<&Result<V, Panicked>, Runner<'g, K, V, S>> {
         loop {
             // Fast path: the flight has ended.
-            if let Some(outcome) = self.call.outcome.get() {
+            if let Some(outcome) = self.waiters.outcome.get() {
                 self.armed = false;
                 return Ok(outcome);
             }
             // Slow path: listen first, then check, so that no wake-up is missed between.
-            event_listener::listener!(self.call.event => listener);
+            event_listener::listener!(self.waiters.event => listener);
             {
-                let mut state = self.call.lock();
-                if state.claim_waiting() {
-                    drop(state);
-                    self.armed = false;
-                    return Err(Runner::new(
-                        Cow::Borrowed(self.group),
-                        self.call.clone(),
-                        self.hash,
-                    ));
-                }
-                if state.phase == Phase::Ended {
-                    drop(state);
-                    self.armed = false;
-                    let outcome = self.call.outcome.get();
-                    return Ok(
-                        outcome.expect("a flight ends with an outcome while `work` callers wait")
-                    );
+                let mut flights = self.group.lock();
+                match flights.get_mut(self.flight) {
+                    None => {
+                        // Ended: its outcome was set in the critical section that removed it.
+                        drop(flights);
+                        self.armed = false;
+                        let outcome = self.waiters.outcome.get();
+                        return Ok(
+                            outcome.expect("a flight with waiting callers ends with an outcome")
+                        );
+                    }
+                    Some(flight) => {
+                        if flight.claim_waiting() {
+                            drop(flights);
+                            self.armed = false;
+                            return Err(Runner::new(Cow::Borrowed(self.group), self.flight));
+                        }
+                    }
                 }
             }
             listener.await;
@@ -705,23 +743,10 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
 
 impl<K, V, S> Drop for Waiter<'_, K, V, S> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        // Fast path: the flight has a runner, so leaving changes nothing else.
-        {
-            let mut state = self.call.lock();
-            if state.phase != Phase::Vacant {
-                let Handover::Nothing = state.leave() else {
-                    unreachable!("only a vacant flight is handed over")
-                };
-                return;
+        if self.armed {
+            if let Some(handover) = self.group.update(self.flight, Flight::leave) {
+                handover.run(self.flight);
             }
         }
-        // Slow path: the flight is vacant and may count on this caller; leaving may end it,
-        // which needs the map lock, taken first.
-        self.group
-            .update(self.hash, &self.call, State::leave)
-            .run(&self.call);
     }
 }
