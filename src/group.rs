@@ -518,17 +518,30 @@ impl<K, V, S> Inner<K, V, S> {
     /// it in the same critical section: only that flight, found by its id, never a newer
     /// flight of the same key. `None` if the flight has already ended.
     fn update<R>(&self, id: FlightId, update: impl FnOnce(&mut Flight<V>) -> R) -> Option<R> {
-        let removed;
-        let result = {
-            let mut flights = self.lock();
-            let flight = flights.get_mut(id)?;
-            let result = update(flight);
-            removed = (flight.phase == Phase::Ended).then(|| flights.remove(id));
-            result
-        };
-        // A removed key is dropped after unlocking: its `Drop` is user code.
-        drop(removed);
-        Some(result)
+        let mut flights = self.lock();
+        let Flights {
+            table, forgotten, ..
+        } = &mut *flights;
+        match table.find_entry(id.hash, |entry| entry.flight.id == id.id) {
+            Ok(mut entry) => {
+                let result = update(&mut entry.get_mut().flight);
+                if entry.get().flight.phase == Phase::Ended {
+                    let (Entry { key, .. }, _) = entry.remove();
+                    // The key is dropped after unlocking: its `Drop` is user code.
+                    drop(flights);
+                    drop(key);
+                }
+                Some(result)
+            }
+            Err(_) => {
+                let flight = forgotten.get_mut(&id.id)?;
+                let result = update(flight);
+                if flight.phase == Phase::Ended {
+                    forgotten.remove(&id.id);
+                }
+                Some(result)
+            }
+        }
     }
 
     /// Forgets the flight for `key` if `when` agrees on its state: moves it out of the
@@ -566,20 +579,6 @@ impl<K, V> Flights<K, V> {
         match table.find_mut(id.hash, |entry| entry.flight.id == id.id) {
             Some(entry) => Some(&mut entry.flight),
             None => forgotten.get_mut(&id.id),
-        }
-    }
-
-    /// Removes the flight named by `id`; returns its key if it was in the map.
-    fn remove(&mut self, id: FlightId) -> Option<K> {
-        match self
-            .table
-            .find_entry(id.hash, |entry| entry.flight.id == id.id)
-        {
-            Ok(entry) => Some(entry.remove().0.key),
-            Err(_) => {
-                self.forgotten.remove(&id.id);
-                None
-            }
         }
     }
 }
