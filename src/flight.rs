@@ -61,6 +61,12 @@ pub(crate) struct Flight<V> {
     waiting: usize,
     /// What waiting `work` callers listen on; allocated when the first of them joins.
     waiters: Option<Arc<Waiters<V>>>,
+    /// The `do_chan` callers; allocated when the first of them joins.
+    channels: Option<Box<Channels<V>>>,
+}
+
+/// The `do_chan` callers of a flight.
+pub(crate) struct Channels<V> {
     /// One sender per `do_chan` caller: each gets the outcome when the flight ends.
     senders: Vec<Sender<Outcome<V>>>,
     /// Waiting `do_chan` callers whose futures can take the flight over, oldest first.
@@ -107,7 +113,7 @@ pub(crate) enum Handover<V> {
     Start(Standby<V>, Vec<Standby<V>>),
     /// Nobody can run the flight: it has ended without an outcome. Dropping the senders
     /// closes the channels of `do_chan` callers.
-    Abandoned(Vec<Sender<Outcome<V>>>, Vec<Standby<V>>),
+    Abandoned(Option<Box<Channels<V>>>),
 }
 
 /// What a flight hands its finisher, under the lock, to deliver after unlocking.
@@ -118,10 +124,9 @@ pub(crate) struct Ended<V> {
     pub(crate) waiters: Option<Arc<Waiters<V>>>,
     /// Whether a `work` caller waits now, to be woken.
     pub(crate) waiting: bool,
-    /// The `do_chan` callers to send the outcome to.
-    pub(crate) senders: Vec<Sender<Outcome<V>>>,
-    /// Futures of `do_chan` callers that were never needed, to drop after unlocking.
-    pub(crate) standby: Vec<Standby<V>>,
+    /// The `do_chan` callers to send the outcome to, and the futures of those that were
+    /// never needed, to drop after unlocking.
+    pub(crate) channels: Option<Box<Channels<V>>>,
 }
 
 impl<V> Flight<V> {
@@ -133,9 +138,18 @@ impl<V> Flight<V> {
             joined: 1,
             waiting: 0,
             waiters: None,
-            senders: Vec::new(),
-            standby: Vec::new(),
+            channels: None,
         }
+    }
+
+    /// The flight's `do_chan` callers, allocated on first use.
+    fn channels(&mut self) -> &mut Channels<V> {
+        self.channels.get_or_insert_with(|| {
+            Box::new(Channels {
+                senders: Vec::new(),
+                standby: Vec::new(),
+            })
+        })
     }
 
     /// A `work` caller joins. Returns `None` if it must run the flight now (it was
@@ -160,20 +174,21 @@ impl<V> Flight<V> {
     pub(crate) fn join_chan(&mut self, sender: Sender<Outcome<V>>, start: Start) -> Option<Start> {
         self.joined += 1;
         if self.claim() {
-            self.senders.push(sender);
+            self.add_sender(sender);
             return Some(start);
         }
-        self.standby.push(Standby {
+        let channels = self.channels();
+        channels.standby.push(Standby {
             sender: sender.clone(),
             start,
         });
-        self.senders.push(sender);
+        channels.senders.push(sender);
         None
     }
 
     /// The first caller of a new flight is a `do_chan` caller: record its sender.
     pub(crate) fn add_sender(&mut self, sender: Sender<Outcome<V>>) {
-        self.senders.push(sender);
+        self.channels().senders.push(sender);
     }
 
     /// Makes the caller the runner if the flight is vacant.
@@ -207,8 +222,7 @@ impl<V> Flight<V> {
             shared: self.shared(),
             waiters: self.waiters.take(),
             waiting: self.waiting > 0,
-            senders: std::mem::take(&mut self.senders),
-            standby: std::mem::take(&mut self.standby),
+            channels: self.channels.take(),
         }
     }
 
@@ -238,21 +252,17 @@ impl<V> Flight<V> {
             return Handover::WakeWaiters(waiters);
         }
         // A `do_chan` caller whose receiver is gone no longer waits: skip it.
-        match self.standby.iter().rposition(|s| !s.sender.is_closed()) {
-            Some(live) => {
-                let gone = self.standby.split_off(live + 1);
-                let next = self.standby.pop().expect("rposition found it");
+        if let Some(channels) = &mut self.channels {
+            let standby = &mut channels.standby;
+            if let Some(live) = standby.iter().rposition(|s| !s.sender.is_closed()) {
+                let gone = standby.split_off(live + 1);
+                let next = standby.pop().expect("rposition found it");
                 self.phase = Phase::Running;
-                Handover::Start(next, gone)
-            }
-            None => {
-                self.phase = Phase::Ended;
-                Handover::Abandoned(
-                    std::mem::take(&mut self.senders),
-                    std::mem::take(&mut self.standby),
-                )
+                return Handover::Start(next, gone);
             }
         }
+        self.phase = Phase::Ended;
+        Handover::Abandoned(self.channels.take())
     }
 }
 
@@ -271,9 +281,11 @@ impl<V> Handover<V> {
                 // drop already handed the flight on; the panic itself goes no further.
                 drop_quietly(catch_unwind(AssertUnwindSafe(|| (next.start)(flight))));
             }
-            Handover::Abandoned(senders, standby) => {
-                drop(senders);
-                drop_quietly(standby);
+            Handover::Abandoned(channels) => {
+                if let Some(channels) = channels {
+                    drop(channels.senders);
+                    drop_quietly(channels.standby);
+                }
             }
         }
     }
@@ -289,8 +301,11 @@ impl<V: Clone> Ended<V> {
         if let (true, Some(waiters)) = (self.waiting, &self.waiters) {
             waiters.event.notify(usize::MAX);
         }
+        let Some(channels) = self.channels else {
+            return;
+        };
         if let Some(value) = value {
-            for sender in &self.senders {
+            for sender in &channels.senders {
                 if sender.is_closed() {
                     continue;
                 }
@@ -303,8 +318,8 @@ impl<V: Clone> Ended<V> {
                 }
             }
         }
-        drop(self.senders);
-        drop_quietly(self.standby);
+        drop(channels.senders);
+        drop_quietly(channels.standby);
     }
 }
 
