@@ -13,6 +13,7 @@ use std::pin::pin;
 use std::task::Poll;
 
 use async_channel::Receiver;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as Slot;
@@ -603,19 +604,21 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
     }
 
     /// Runs the flight for a `work` caller: returns the value, or resumes the panic.
-    async fn run_work<F: IntoFuture<Output = V>>(self, fut: F) -> V {
-        match self.run(fut, true).await {
+    fn run_work<F: IntoFuture<Output = V>>(self, fut: F) -> impl Future<Output = V> {
+        self.run(fut, true).map(|ran| match ran {
             Ok(value) => value.expect("kept for the runner"),
             Err(payload) => resume_unwind(payload),
-        }
+        })
     }
 
     /// Runs the flight in a spawned task, which keeps no value and swallows the panic
     /// (published to the other callers already).
-    async fn run_task<F: IntoFuture<Output = V>>(self, fut: F) {
-        if let Err(payload) = self.run(fut, false).await {
-            drop_quietly(payload);
-        }
+    fn run_task<F: IntoFuture<Output = V>>(self, fut: F) -> impl Future<Output = ()> {
+        self.run(fut, false).map(|ran| {
+            if let Err(payload) = ran {
+                drop_quietly(payload);
+            }
+        })
     }
 
     /// Polls `fut` to the end and publishes its outcome. Returns the runner's own copy
