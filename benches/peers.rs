@@ -411,9 +411,15 @@ fn mixed<P: Peer<str>>(c: &mut Criterion, keys: &Arc<Vec<String>>) {
     });
 }
 
-/// N callers of one flight in one task: `work` followers, or `do_chan` receivers.
+/// N callers of one flight in one task: `work` followers, or `do_chan` receivers. Both on
+/// one current-thread Tokio runtime, so that the figures are the callers' own costs, not
+/// cross-thread wake-ups; `do_chan` as `do_chan_with` and the runtime's handle, which is
+/// what `do_chan` does inside a Tokio runtime.
 fn chan_vs_work(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
     let group: oneflight::Group<String, u64> = oneflight::Group::new();
     let mut bench = c.benchmark_group("chan_vs_work");
     for n in [1usize, 100, 1000] {
@@ -444,7 +450,11 @@ fn chan_vs_work(c: &mut Criterion) {
                 let joined = Arc::new(AtomicUsize::new(0));
                 let gate = Arc::new(AtomicWaker::new());
                 let receivers: Vec<_> = (0..n)
-                    .map(|_| group.do_chan("key", gated_on(joined.clone(), gate.clone(), n)))
+                    .map(|_| {
+                        let handle = handle.clone();
+                        let work = gated_on(joined.clone(), gate.clone(), n);
+                        group.do_chan_with("key", work, move |task| drop(handle.spawn(task)))
+                    })
                     .collect();
                 joined.store(n, Ordering::SeqCst);
                 gate.wake();

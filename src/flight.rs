@@ -70,7 +70,7 @@ pub(crate) struct Channels<V> {
     /// One sender per `do_chan` caller: each gets the outcome when the flight ends.
     senders: Vec<Sender<Outcome<V>>>,
     /// Waiting `do_chan` callers whose futures can take the flight over, oldest first.
-    standby: Vec<Standby<V>>,
+    standby: Vec<Standby>,
 }
 
 /// What waiting `work` callers share with the flight, outside the lock.
@@ -94,9 +94,10 @@ pub(crate) enum Phase {
 }
 
 /// A waiting `do_chan` caller that can run the flight.
-pub(crate) struct Standby<V> {
-    /// A clone of the caller's sender, to tell whether its receiver still exists.
-    sender: Sender<Outcome<V>>,
+pub(crate) struct Standby {
+    /// The caller's sender in [`Channels::senders`], to tell whether its receiver still
+    /// exists.
+    sender: usize,
     /// Spawns the caller's future as the flight's new runner.
     start: Start,
 }
@@ -110,7 +111,7 @@ pub(crate) enum Handover<V> {
     WakeWaiters(Arc<Waiters<V>>),
     /// This standby's future must be spawned; it already owns the run. The others are
     /// gone (their receivers were dropped) and are dropped after unlocking.
-    Start(Standby<V>, Vec<Standby<V>>),
+    Start(Standby, Vec<Standby>),
     /// Nobody can run the flight: it has ended without an outcome. Dropping the senders
     /// closes the channels of `do_chan` callers.
     Abandoned(Option<Box<Channels<V>>>),
@@ -179,7 +180,7 @@ impl<V> Flight<V> {
         }
         let channels = self.channels();
         channels.standby.push(Standby {
-            sender: sender.clone(),
+            sender: channels.senders.len(),
             start,
         });
         channels.senders.push(sender);
@@ -253,8 +254,8 @@ impl<V> Flight<V> {
         }
         // A `do_chan` caller whose receiver is gone no longer waits: skip it.
         if let Some(channels) = &mut self.channels {
-            let standby = &mut channels.standby;
-            if let Some(live) = standby.iter().rposition(|s| !s.sender.is_closed()) {
+            let Channels { senders, standby } = &mut **channels;
+            if let Some(live) = standby.iter().rposition(|s| !senders[s.sender].is_closed()) {
                 let gone = standby.split_off(live + 1);
                 let next = standby.pop().expect("rposition found it");
                 self.phase = Phase::Running;
