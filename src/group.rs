@@ -47,11 +47,18 @@ pub struct Group<K, V, S = RandomState> {
 struct Inner<K, V, S> {
     /// Hashes each key once, outside the lock.
     hasher: S,
-    /// Every flight and its state. A short lock: never held across an `.await`, while a
-    /// caller's future runs, or while user code runs, but for the caller's own key's
-    /// `Eq`, `Borrow` and `ToOwned`.
-    flights: Mutex<Flights<K, V>>,
+    /// Every flight and its state, split by key hash over a power of two of shards, so
+    /// that callers of different keys on different threads rarely wait for each other.
+    shards: Box<[Shard<K, V>]>,
+    /// `64 - log2(shards.len())`: selects a shard from a hash.
+    shift: u32,
 }
+
+/// One shard's lock, alone on its cache lines so that shards don't contend by sharing.
+/// A short lock: never held across an `.await`, while a caller's future runs, or while
+/// user code runs, but for the caller's own key's `Eq`, `Borrow` and `ToOwned`.
+#[repr(align(128))]
+struct Shard<K, V>(Mutex<Flights<K, V>>);
 
 /// The flights of a group, guarded by its lock.
 struct Flights<K, V> {
@@ -102,14 +109,23 @@ impl<K, V, S> Group<K, V, S> {
     /// assert_eq!(group.in_flight(), 0);
     /// ```
     pub fn with_hasher(hasher: S) -> Self {
+        // Four shards per thread that can run at once, as dashmap does: enough that two
+        // callers of different keys rarely meet on one lock.
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shards = (threads * 4).next_power_of_two().clamp(4, 256);
         Group {
             inner: Arc::new(Inner {
                 hasher,
-                flights: Mutex::new(Flights {
-                    table: HashTable::new(),
-                    forgotten: HashMap::new(),
-                    next_id: 0,
-                }),
+                shards: (0..shards)
+                    .map(|_| {
+                        Shard(Mutex::new(Flights {
+                            table: HashTable::new(),
+                            forgotten: HashMap::new(),
+                            next_id: 0,
+                        }))
+                    })
+                    .collect(),
+                shift: 64 - shards.trailing_zeros(),
             }),
         }
     }
@@ -127,7 +143,8 @@ impl<K, V, S> Group<K, V, S> {
     /// # });
     /// ```
     pub fn in_flight(&self) -> usize {
-        self.inner.lock().table.len()
+        let shards = self.inner.shards.iter();
+        shards.map(|shard| lock(&shard.0).table.len()).sum()
     }
 }
 
@@ -469,12 +486,11 @@ impl<K, V, S> fmt::Debug for Group<K, V, S> {
 }
 
 impl<K, V, S> Inner<K, V, S> {
-    fn lock(&self) -> MutexGuard<'_, Flights<K, V>> {
-        // A panic under this lock (in a key's `Eq` or `ToOwned`) leaves the flights as
-        // they were, so a poisoned lock is used as is.
-        self.flights
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Locks the shard of the flights whose keys hash to `hash`. The shard is chosen by
+    /// the bits right below the top seven, which the tables use neither for their tags
+    /// (the top seven) nor for their buckets (the low bits).
+    fn lock(&self, hash: u64) -> MutexGuard<'_, Flights<K, V>> {
+        lock(&self.shards[((hash << 7) >> self.shift) as usize].0)
     }
 
     /// Finds the flight for `key` or starts one, under the lock, and lets `join` record
@@ -490,7 +506,7 @@ impl<K, V, S> Inner<K, V, S> {
         Q::Owned: Into<K>,
         K: Borrow<Q>,
     {
-        let mut flights = self.lock();
+        let mut flights = self.lock(hash);
         let Flights { table, next_id, .. } = &mut *flights;
         // The only user code under the lock is the caller's own key: `Eq` and `Borrow`
         // here, `ToOwned` and `Into` below. A panic in either leaves the table unchanged.
@@ -519,7 +535,7 @@ impl<K, V, S> Inner<K, V, S> {
     /// it in the same critical section: only that flight, found by its id, never a newer
     /// flight of the same key. `None` if the flight has already ended.
     fn update<R>(&self, id: FlightId, update: impl FnOnce(&mut Flight<V>) -> R) -> Option<R> {
-        let mut flights = self.lock();
+        let mut flights = self.lock(id.hash);
         let Flights {
             table, forgotten, ..
         } = &mut *flights;
@@ -554,7 +570,7 @@ impl<K, V, S> Inner<K, V, S> {
         S: BuildHasher,
     {
         let hash = self.hasher.hash_one(key);
-        let mut flights = self.lock();
+        let mut flights = self.lock(hash);
         let Flights {
             table, forgotten, ..
         } = &mut *flights;
@@ -569,6 +585,14 @@ impl<K, V, S> Inner<K, V, S> {
             _ => false,
         }
     }
+}
+
+/// Locks a shard. A panic under the lock (in a key's `Eq` or `ToOwned`) leaves the
+/// flights as they were, so a poisoned lock is used as is.
+fn lock<K, V>(shard: &Mutex<Flights<K, V>>) -> MutexGuard<'_, Flights<K, V>> {
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<K, V> Flights<K, V> {
@@ -718,7 +742,7 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
             // Slow path: listen first, then check, so that no wake-up is missed between.
             event_listener::listener!(self.waiters.event => listener);
             {
-                let mut flights = self.group.lock();
+                let mut flights = self.group.lock(self.flight.hash);
                 match flights.get_mut(self.flight) {
                     None => {
                         // Ended: its outcome was set in the critical section that removed it.
