@@ -37,7 +37,7 @@ use async_channel::Sender;
 use event_listener::Event;
 
 use crate::outcome::{Outcome, Panicked};
-use crate::sync::{Arc, OnceLock};
+use crate::sync::{Arc, AtomicU64, OnceLock, Ordering};
 
 /// Names a flight for its callers: its key's hash and its id, unique in its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,10 @@ pub(crate) struct Waiters<V> {
     pub(crate) outcome: OnceLock<Result<V, Panicked>>,
     /// Wakes waiting `work` callers when the flight ends or becomes vacant.
     pub(crate) event: Event,
+    /// How often the flight became vacant with `work` callers waiting; raised under the
+    /// lock before they are woken. A waiter that saw no change since it last looked under
+    /// the lock knows there is nothing to claim, and waits without taking the lock.
+    pub(crate) vacancies: AtomicU64,
 }
 
 /// The phase of a flight; see the module docs.
@@ -154,8 +158,8 @@ impl<V> Flight<V> {
     }
 
     /// A `work` caller joins. Returns `None` if it must run the flight now (it was
-    /// vacant), else what it waits on.
-    pub(crate) fn join_work(&mut self) -> Option<Arc<Waiters<V>>> {
+    /// vacant), else what it waits on and the count of vacancies so far.
+    pub(crate) fn join_work(&mut self) -> Option<(Arc<Waiters<V>>, u64)> {
         self.joined += 1;
         if self.claim() {
             return None;
@@ -165,9 +169,11 @@ impl<V> Flight<V> {
             Arc::new(Waiters {
                 outcome: OnceLock::new(),
                 event: Event::new(),
+                vacancies: AtomicU64::new(0),
             })
         });
-        Some(waiters.clone())
+        let vacancies = waiters.vacancies.load(Ordering::SeqCst);
+        Some((waiters.clone(), vacancies))
     }
 
     /// A `do_chan` caller joins with its sender. Returns its `start` back if it must run
@@ -250,6 +256,7 @@ impl<V> Flight<V> {
                 .waiters
                 .clone()
                 .expect("waiting callers have their waiters");
+            waiters.vacancies.fetch_add(1, Ordering::SeqCst);
             return Handover::WakeWaiters(waiters);
         }
         // A `do_chan` caller whose receiver is gone no longer waits: skip it.

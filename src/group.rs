@@ -20,7 +20,7 @@ use hashbrown::hash_table::Entry as Slot;
 
 use crate::flight::{Flight, FlightId, Phase, Start, Waiters, drop_quietly};
 use crate::outcome::{Outcome, Panicked};
-use crate::sync::{Arc, Mutex, MutexGuard};
+use crate::sync::{Arc, Mutex, MutexGuard, Ordering};
 
 /// A namespace of flights: duplicate call suppression for one kind of work.
 ///
@@ -228,7 +228,7 @@ where
                     if fresh { None } else { flight.join_work() }
                 },
             );
-        let Some(waiters) = waiters else {
+        let Some((waiters, vacancies)) = waiters else {
             return Runner::new(Cow::Borrowed(&self.inner), flight)
                 .run_work(fut)
                 .await;
@@ -237,6 +237,7 @@ where
             group: &self.inner,
             flight,
             waiters,
+            vacancies,
             armed: true,
         };
         match waiter.wait().await {
@@ -726,6 +727,8 @@ struct Waiter<'g, K, V, S> {
     flight: FlightId,
     /// Where the outcome appears, and the event that announces it.
     waiters: Arc<Waiters<V>>,
+    /// `waiters.vacancies` when this caller last looked at the flight under the lock.
+    vacancies: u64,
     /// Whether this caller is still counted among the flight's waiting callers.
     armed: bool,
 }
@@ -739,28 +742,26 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
                 self.armed = false;
                 return Ok(outcome);
             }
-            // Slow path: listen first, then check, so that no wake-up is missed between.
+            // Listen first, then check, so that no wake-up is missed in between: the
+            // outcome and the vacancy count are both set before the event fires.
             event_listener::listener!(self.waiters.event => listener);
-            {
+            if self.waiters.outcome.get().is_some() {
+                continue;
+            }
+            if self.waiters.vacancies.load(Ordering::SeqCst) != self.vacancies {
+                // The flight became vacant since this caller last looked: claim it, unless
+                // another caller did first.
                 let mut flights = self.group.lock(self.flight.hash);
-                match flights.get_mut(self.flight) {
-                    None => {
-                        // Ended: its outcome was set in the critical section that removed it.
-                        drop(flights);
-                        self.armed = false;
-                        let outcome = self.waiters.outcome.get();
-                        return Ok(
-                            outcome.expect("a flight with waiting callers ends with an outcome")
-                        );
-                    }
-                    Some(flight) => {
-                        if flight.claim_waiting() {
-                            drop(flights);
-                            self.armed = false;
-                            return Err(Runner::new(Cow::Borrowed(self.group), self.flight));
-                        }
-                    }
+                let Some(flight) = flights.get_mut(self.flight) else {
+                    // Ended: its outcome was set in the critical section that removed it.
+                    continue;
+                };
+                if flight.claim_waiting() {
+                    drop(flights);
+                    self.armed = false;
+                    return Err(Runner::new(Cow::Borrowed(self.group), self.flight));
                 }
+                self.vacancies = self.waiters.vacancies.load(Ordering::SeqCst);
             }
             listener.await;
         }

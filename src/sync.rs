@@ -1,5 +1,5 @@
-//! The locks of the crate's state machine, swapped for `shuttle`'s under `--cfg shuttle`
-//! so that its schedulers can explore interleavings at every lock operation. A `cfg`, not
+//! The locks and atomics of the crate's state machine, swapped for `shuttle`'s under
+//! `--cfg shuttle` so that its schedulers can explore interleavings at every one of them. A `cfg`, not
 //! a cargo feature: no other crate in a build can put shuttle's lock into production.
 //!
 //! `Arc` and `OnceLock` stay std's in both builds: shuttle has no `OnceLock`, and ours is
@@ -8,7 +8,13 @@
 pub(crate) use std::sync::{Arc, OnceLock};
 
 #[cfg(not(shuttle))]
-pub(crate) use std::sync::{Mutex, MutexGuard};
+pub(crate) use std::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicU64, Ordering},
+};
 
 #[cfg(shuttle)]
-pub(crate) use shuttle::sync::{Mutex, MutexGuard};
+pub(crate) use shuttle::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicU64, Ordering},
+};
