@@ -222,15 +222,19 @@ impl<V> Flight<V> {
         self.joined > 1
     }
 
-    /// The runner finished: the flight ends.
-    pub(crate) fn end(&mut self) -> Ended<V> {
+    /// The runner finished: the flight ends. `None` if no other caller ever waited on it:
+    /// there is nobody to tell.
+    pub(crate) fn end(&mut self) -> Option<Ended<V>> {
         self.phase = Phase::Ended;
-        Ended {
+        if self.waiters.is_none() && self.channels.is_none() {
+            return None;
+        }
+        Some(Ended {
             shared: self.shared(),
             waiters: self.waiters.take(),
             waiting: self.waiting > 0,
             channels: self.channels.take(),
-        }
+        })
     }
 
     /// The runner went away without an outcome.

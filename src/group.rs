@@ -683,15 +683,18 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
         self.finished = true;
         let mut unshared = Some(outcome);
         let ended = self.group.update(self.flight, |flight| {
-            let ended = flight.end();
+            let ended = flight.end()?;
             if let Some(waiters) = &ended.waiters {
                 let _ = waiters
                     .outcome
                     .set(unshared.take().expect("published once"));
             }
-            ended
+            Some(ended)
         });
-        let ended = ended.expect("only its runner ends a running flight");
+        // Fast path: nobody else ever waited on this flight.
+        let Some(ended) = ended.expect("only its runner ends a running flight") else {
+            return unshared.and_then(|outcome| outcome.ok()).filter(|_| keep);
+        };
         let waiters = ended.waiters.clone();
         let published = match (&unshared, &waiters) {
             (Some(outcome), _) => outcome.as_ref().ok(),
