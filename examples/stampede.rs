@@ -16,8 +16,8 @@
 //! The database lives in a fresh temporary folder and is removed at the end. SQLite comes
 //! with `rusqlite`'s `bundled` feature, so nothing needs installing.
 
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use oneflight::Group;
 use rusqlite::Connection;
 use std::collections::HashMap;
@@ -82,7 +82,11 @@ fn parse_args() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
-        let number = || value.parse::<usize>().map_err(|_| format!("{flag} takes a number, not {value:?}"));
+        let number = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{flag} takes a number, not {value:?}"))
+        };
         match flag.as_str() {
             "--requests" => options.requests = number()?,
             "--keys" => options.keys = number()?,
@@ -130,13 +134,20 @@ fn run(options: &Options, dir: &Path) -> Result<bool, String> {
         options.connections,
         options.runtime.name()
     );
-    let direct = options.runtime.run(|rt| stampede(rt, options, &path, false))??;
-    let deduped = options.runtime.run(|rt| stampede(rt, options, &path, true))??;
+    let direct = options
+        .runtime
+        .run(|rt| stampede(rt, options, &path, false))??;
+    let deduped = options
+        .runtime
+        .run(|rt| stampede(rt, options, &path, true))??;
 
     println!();
     println!("| run                 | requests | db queries |  total  |   p50   |   p99   |");
     println!("|---------------------|---------:|-----------:|--------:|--------:|--------:|");
-    for (name, report) in [("straight to the db", &direct), ("through oneflight", &deduped)] {
+    for (name, report) in [
+        ("straight to the db", &direct),
+        ("through oneflight", &deduped),
+    ] {
         println!(
             "| {name:<19} | {:>8} | {:>10} | {:>7} | {:>7} | {:>7} |",
             options.requests,
@@ -159,7 +170,10 @@ fn run(options: &Options, dir: &Path) -> Result<bool, String> {
         deduped.percentile(0.99),
         direct.percentile(0.99),
     );
-    println!("check: deduplicated_queries={} keys={} ok={ok}", deduped.queries, options.keys);
+    println!(
+        "check: deduplicated_queries={} keys={} ok={ok}",
+        deduped.queries, options.keys
+    );
     Ok(ok)
 }
 
@@ -186,7 +200,12 @@ fn query(db: &Connection, key: &str) -> rusqlite::Result<Summary> {
     db.query_row(
         "SELECT count(*), coalesce(max(length(payload)), 0) FROM items WHERE category = ?1",
         [key],
-        |row| Ok(Summary { items: row.get(0)?, longest: row.get(1)? }),
+        |row| {
+            Ok(Summary {
+                items: row.get(0)?,
+                longest: row.get(1)?,
+            })
+        },
     )
 }
 
@@ -201,9 +220,15 @@ impl Pool {
     fn open(path: &Path, size: usize) -> rusqlite::Result<Self> {
         let (give_back, free) = async_channel::bounded(size);
         for _ in 0..size {
-            give_back.try_send(Connection::open(path)?).expect("room for every connection");
+            give_back
+                .try_send(Connection::open(path)?)
+                .expect("room for every connection");
         }
-        Ok(Pool { free, give_back, queries: AtomicUsize::new(0) })
+        Ok(Pool {
+            free,
+            give_back,
+            queries: AtomicUsize::new(0),
+        })
     }
 
     /// Runs the lookup for `key` on a free connection, on the runtime's blocking pool.
@@ -232,26 +257,46 @@ impl Cache {
 
     fn put(&self, key: &str, value: &Lookup) {
         if let Ok(summary) = value {
-            self.entries.lock().unwrap().insert(key.to_owned(), summary.clone());
+            self.entries
+                .lock()
+                .unwrap()
+                .insert(key.to_owned(), summary.clone());
         }
     }
 }
 
 /// Fires every request at once on a cold cache, and measures.
-async fn stampede(rt: Arc<Rt>, options: &Options, path: &Path, deduplicate: bool) -> Result<Report, String> {
+async fn stampede(
+    rt: Arc<Rt>,
+    options: &Options,
+    path: &Path,
+    deduplicate: bool,
+) -> Result<Report, String> {
     let pool = Arc::new(Pool::open(path, options.connections).map_err(|e| e.to_string())?);
-    let cache = Arc::new(Cache { entries: Mutex::default() });
+    let cache = Arc::new(Cache {
+        entries: Mutex::default(),
+    });
     let group: Group<String, Lookup> = Group::new();
     let done = Arc::new(AtomicUsize::new(0));
     // Every request waits at the gate, so that they all arrive together, as in a burst.
     let (open_gate, gate) = async_channel::bounded::<()>(1);
-    let label = if deduplicate { "through oneflight" } else { "straight to the db" };
+    let label = if deduplicate {
+        "through oneflight"
+    } else {
+        "straight to the db"
+    };
     let progress = spawn_progress(label, options.requests, done.clone());
     let started = Instant::now();
     let requests: Vec<_> = (0..options.requests)
         .map(|i| {
-            let (rt2, pool, cache, group, done, gate) =
-                (rt.clone(), pool.clone(), cache.clone(), group.clone(), done.clone(), gate.clone());
+            let (rt2, pool, cache, group, done, gate) = (
+                rt.clone(),
+                pool.clone(),
+                cache.clone(),
+                group.clone(),
+                done.clone(),
+                gate.clone(),
+            );
             let key = format!("category-{}", i % options.keys);
             (rt.spawn)(Box::pin(async move {
                 let _ = gate.recv().await;
@@ -260,7 +305,11 @@ async fn stampede(rt: Arc<Rt>, options: &Options, path: &Path, deduplicate: bool
                     Some(hit) => Ok(hit),
                     None => {
                         let miss = pool.lookup(&rt2, key.clone());
-                        let value = if deduplicate { group.work(&key, miss).await } else { miss.await };
+                        let value = if deduplicate {
+                            group.work(&key, miss).await
+                        } else {
+                            miss.await
+                        };
                         cache.put(&key, &value);
                         value
                     }
@@ -280,7 +329,11 @@ async fn stampede(rt: Arc<Rt>, options: &Options, path: &Path, deduplicate: bool
     let total = started.elapsed();
     progress.finish();
     latencies.sort();
-    Ok(Report { queries: pool.queries.load(Ordering::Relaxed), total, latencies })
+    Ok(Report {
+        queries: pool.queries.load(Ordering::Relaxed),
+        total,
+        latencies,
+    })
 }
 
 /// A progress line on standard error, redrawn until `finish`.
@@ -333,7 +386,9 @@ type Job = Box<dyn FnOnce() -> (Connection, rusqlite::Result<Summary>) + Send>;
 /// A runtime's spawn (returning a future of the task's latency) and blocking pool.
 struct Rt {
     spawn: Box<dyn Fn(BoxFuture<'static, Duration>) -> BoxFuture<'static, Duration> + Send + Sync>,
-    unblock: Box<dyn Fn(Job) -> BoxFuture<'static, (Connection, rusqlite::Result<Summary>)> + Send + Sync>,
+    unblock: Box<
+        dyn Fn(Job) -> BoxFuture<'static, (Connection, rusqlite::Result<Summary>)> + Send + Sync,
+    >,
 }
 
 impl Runtime {
@@ -342,7 +397,9 @@ impl Runtime {
             "smol" => Ok(Runtime::Smol),
             "async-std" => Ok(Runtime::AsyncStd),
             "tokio" => Ok(Runtime::Tokio),
-            _ => Err(format!("unknown runtime {name:?}: smol, async-std or tokio")),
+            _ => Err(format!(
+                "unknown runtime {name:?}: smol, async-std or tokio"
+            )),
         }
     }
 
@@ -380,9 +437,15 @@ impl Runtime {
                     .build()
                     .map_err(|e| e.to_string())?;
                 let rt = Rt {
-                    spawn: Box::new(|task| tokio::spawn(task).map(|joined| joined.expect("requests do not panic")).boxed()),
+                    spawn: Box::new(|task| {
+                        tokio::spawn(task)
+                            .map(|joined| joined.expect("requests do not panic"))
+                            .boxed()
+                    }),
                     unblock: Box::new(|job| {
-                        tokio::task::spawn_blocking(job).map(|joined| joined.expect("lookups do not panic")).boxed()
+                        tokio::task::spawn_blocking(job)
+                            .map(|joined| joined.expect("lookups do not panic"))
+                            .boxed()
                     }),
                 };
                 Ok(runtime.block_on(main(Arc::new(rt))))
