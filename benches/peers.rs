@@ -546,6 +546,15 @@ fn floor(c: &mut Criterion, keys: &[Box<str>]) {
             black_box(map.lock().unwrap().remove(key))
         })
     });
+    let map: Mutex<HashMap<u64, u64>> = Mutex::default();
+    let mut next = 0_u64;
+    group.bench_function("mutex-hashmap insert+remove u64", |b| {
+        b.iter(|| {
+            next = (next + 1) % STRING_KEYS as u64;
+            map.lock().unwrap().insert(next, 1);
+            black_box(map.lock().unwrap().remove(&next))
+        })
+    });
     let event = event_listener::Event::new();
     group.bench_function("event-listener notify round trip", |b| {
         b.iter(|| {
@@ -796,6 +805,10 @@ fn summary(executions: &[(u64, u64)], heap: &[(u64, usize)], chan_bytes: u64) {
         (
             "Mutex<HashMap> insert+remove with a key clone",
             "floor/mutex-hashmap insert+remove+key clone",
+        ),
+        (
+            "Mutex<HashMap<u64, _>> insert+remove",
+            "floor/mutex-hashmap insert+remove u64",
         ),
         (
             "event-listener notify round trip",
