@@ -21,18 +21,18 @@ use futures_util::future::BoxFuture;
 use oneflight::Group;
 use rusqlite::Connection;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What a lookup returns: how many items the category has and the longest payload.
+/// What a lookup returns: how many items the category has and the highest price.
 #[derive(Clone, Debug, PartialEq)]
 struct Summary {
     items: i64,
-    longest: i64,
+    highest_price: i64,
 }
 
 /// A lookup's result, as the group shares it: errors behind an `Arc`.
@@ -182,28 +182,33 @@ fn fill(path: &Path, rows: usize) -> rusqlite::Result<()> {
     let mut db = Connection::open(path)?;
     db.execute_batch(
         "PRAGMA journal_mode = WAL;
-         CREATE TABLE items (id INTEGER PRIMARY KEY, category TEXT NOT NULL, payload TEXT NOT NULL);",
+         CREATE TABLE items (
+             id INTEGER PRIMARY KEY,
+             category INTEGER NOT NULL,
+             price INTEGER NOT NULL,
+             name TEXT NOT NULL
+         );",
     )?;
     let tx = db.transaction()?;
     {
-        let mut insert = tx.prepare("INSERT INTO items (category, payload) VALUES (?1, ?2)")?;
+        let mut insert =
+            tx.prepare("INSERT INTO items (category, price, name) VALUES (?1, ?2, ?3)")?;
         for i in 0..rows {
-            let payload = "x".repeat(20 + (i * 7919) % 200);
-            insert.execute((format!("category-{}", i % 1_000), payload))?;
+            insert.execute((i % 1_000, (i * 7_919) % 10_000, format!("item {i}")))?;
         }
     }
     tx.commit()
 }
 
-/// The lookup a cache miss costs: a full scan of the table.
-fn query(db: &Connection, key: &str) -> rusqlite::Result<Summary> {
+/// The lookup a cache miss costs: a full scan of the table (`category` has no index).
+fn query(db: &Connection, category: usize) -> rusqlite::Result<Summary> {
     db.query_row(
-        "SELECT count(*), coalesce(max(length(payload)), 0) FROM items WHERE category = ?1",
-        [key],
+        "SELECT count(*), coalesce(max(price), 0) FROM items WHERE category = ?1",
+        [category],
         |row| {
             Ok(Summary {
                 items: row.get(0)?,
-                longest: row.get(1)?,
+                highest_price: row.get(1)?,
             })
         },
     )
@@ -232,11 +237,11 @@ impl Pool {
     }
 
     /// Runs the lookup for `key` on a free connection, on the runtime's blocking pool.
-    async fn lookup(&self, rt: &Rt, key: String) -> Lookup {
+    async fn lookup(&self, rt: &Rt, category: usize) -> Lookup {
         let db = self.free.recv().await.expect("the pool owns its sender");
         self.queries.fetch_add(1, Ordering::Relaxed);
         let (db, result) = (rt.unblock)(Box::new(move || {
-            let result = query(&db, &key);
+            let result = query(&db, category);
             (db, result)
         }))
         .await;
@@ -297,14 +302,15 @@ async fn stampede(
                 done.clone(),
                 gate.clone(),
             );
-            let key = format!("category-{}", i % options.keys);
+            let category = i % options.keys;
+            let key = format!("category:{category}");
             (rt.spawn)(Box::pin(async move {
                 let _ = gate.recv().await;
                 let asked = Instant::now();
                 let value = match cache.get(&key) {
                     Some(hit) => Ok(hit),
                     None => {
-                        let miss = pool.lookup(&rt2, key.clone());
+                        let miss = pool.lookup(&rt2, category);
                         let value = if deduplicate {
                             group.work(&key, miss).await
                         } else {
@@ -347,17 +353,30 @@ fn spawn_progress(label: &'static str, total: usize, done: Arc<AtomicUsize>) -> 
     let thread = {
         let stop = stop.clone();
         std::thread::spawn(move || {
+            // Redrawn in place on a terminal; a line a second in a log.
+            let terminal = std::io::stderr().is_terminal();
             let draw = || {
                 let done = done.load(Ordering::Relaxed);
-                eprint!("\r  {label}: {done}/{total} requests answered ");
-                let _ = std::io::stderr().flush();
+                if terminal {
+                    eprint!("\r  {label}: {done}/{total} requests answered ");
+                    let _ = std::io::stderr().flush();
+                } else {
+                    eprintln!("  {label}: {done}/{total} requests answered");
+                }
             };
+            let period = Duration::from_millis(if terminal { 100 } else { 1_000 });
+            let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                draw();
-                std::thread::sleep(Duration::from_millis(100));
+                if Instant::now() >= next {
+                    draw();
+                    next += period;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
             draw();
-            eprintln!();
+            if terminal {
+                eprintln!();
+            }
         })
     };
     Progress { stop, thread }
@@ -380,15 +399,16 @@ enum Runtime {
     Tokio,
 }
 
-/// A database lookup, to run on a blocking pool: it returns its connection too.
-type Job = Box<dyn FnOnce() -> (Connection, rusqlite::Result<Summary>) + Send>;
+/// A database lookup, to run on a blocking pool: it gives its connection back.
+type Job = Box<dyn FnOnce() -> Done + Send>;
+
+/// A lookup's connection and result.
+type Done = (Connection, rusqlite::Result<Summary>);
 
 /// A runtime's spawn (returning a future of the task's latency) and blocking pool.
 struct Rt {
     spawn: Box<dyn Fn(BoxFuture<'static, Duration>) -> BoxFuture<'static, Duration> + Send + Sync>,
-    unblock: Box<
-        dyn Fn(Job) -> BoxFuture<'static, (Connection, rusqlite::Result<Summary>)> + Send + Sync,
-    >,
+    unblock: Box<dyn Fn(Job) -> BoxFuture<'static, Done> + Send + Sync>,
 }
 
 impl Runtime {
