@@ -784,7 +784,7 @@ fn summary(executions: &[(u64, u64)], heap: &[(u64, usize)], chan_bytes: u64) {
     if let Some(ns) = floor_mixed {
         let _ = writeln!(
             out,
-            "floor under mixed (same tasks and yields, a locked HashMap insert+remove per call, no singleflight): {ns:.0} ns per call."
+            "floor under mixed (same tasks, one yield per call, no singleflight): {ns:.0} ns per call."
         );
     }
     let work_slope = median_ns("chan_vs_work/work/1000")
