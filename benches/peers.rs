@@ -659,7 +659,7 @@ impl Row {
             .flatten()
             .cloned()
             .fold(f64::INFINITY, f64::min);
-        best.is_finite().then(|| ours / best)
+        (best.is_finite() && best > 0.0).then(|| ours / best)
     }
 }
 

@@ -31,6 +31,23 @@
 //! # });
 //! ```
 //!
+//! # What happens to callers
+//!
+//! ```text
+//!                first caller runs its future       later callers join and wait
+//!  key free  ─────────────────────────────────▶  Running  ◀───────────────────────
+//!     ▲                                            │   ▲
+//!     │  value: every caller gets a clone          │   │ a waiting caller takes over
+//!     ├────────────────────────────────────────────┤   │ with its own future
+//!     │  panic: runner sees it, work waiters get   │   │
+//!     │  Panicked, do_chan channels close          ▼   │
+//!     │                                           Vacant  (runner cancelled; its
+//!     └─────────────── nobody left to run it ──────┘       future dropped first)
+//! ```
+//!
+//! [`forget`](Group::forget) takes a flight out of the map: it runs on for the callers it
+//! has, and the next call of the key starts a new flight beside it.
+//!
 //! # What callers can rely on
 //!
 //! - **One execution per flight.** For one key, at most one future runs at a time, with
