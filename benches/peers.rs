@@ -85,12 +85,26 @@ trait Peer<Q: ?Sized>: Send + Sync + 'static {
         F: Future<Output = u64> + Send + 'static;
 }
 
-impl Peer<str> for oneflight::Group<String, u64> {
+/// The bounds a key type needs for every peer: `str` (owned as `String`) and `u64`.
+trait Key: std::hash::Hash + Eq + ToOwned + Sync + 'static {}
+
+impl<Q> Key for Q
+where
+    Q: ?Sized + std::hash::Hash + Eq + ToOwned + Sync + 'static,
+    Q::Owned: std::hash::Hash + Eq + Clone + std::borrow::Borrow<Q> + Send + Sync + 'static,
+{
+}
+
+impl<Q> Peer<Q> for oneflight::Group<Q::Owned, u64>
+where
+    Q: ?Sized + Key,
+    Q::Owned: std::hash::Hash + Eq + std::borrow::Borrow<Q> + Send + Sync + 'static,
+{
     const NAME: &'static str = "oneflight";
     fn create() -> Self {
         oneflight::Group::new()
     }
-    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
+    fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
     where
         F: Future<Output = u64> + Send + 'static,
     {
@@ -98,25 +112,16 @@ impl Peer<str> for oneflight::Group<String, u64> {
     }
 }
 
-impl Peer<u64> for oneflight::Group<u64, u64> {
-    const NAME: &'static str = "oneflight";
-    fn create() -> Self {
-        oneflight::Group::new()
-    }
-    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
-    where
-        F: Future<Output = u64> + Send + 'static,
-    {
-        self.work(key, fut)
-    }
-}
-
-impl Peer<str> for singleflight_async::SingleFlight<String, u64> {
+impl<Q> Peer<Q> for singleflight_async::SingleFlight<Q::Owned, u64>
+where
+    Q: ?Sized + Key,
+    Q::Owned: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+{
     const NAME: &'static str = "singleflight-async";
     fn create() -> Self {
         singleflight_async::SingleFlight::new()
     }
-    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
+    fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
     where
         F: Future<Output = u64> + Send + 'static,
     {
@@ -124,25 +129,16 @@ impl Peer<str> for singleflight_async::SingleFlight<String, u64> {
     }
 }
 
-impl Peer<u64> for singleflight_async::SingleFlight<u64, u64> {
-    const NAME: &'static str = "singleflight-async";
-    fn create() -> Self {
-        singleflight_async::SingleFlight::new()
-    }
-    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
-    where
-        F: Future<Output = u64> + Send + 'static,
-    {
-        self.work(*key, move || fut)
-    }
-}
-
-impl Peer<str> for async_singleflight::UnaryGroup<String, u64> {
+impl<Q> Peer<Q> for async_singleflight::UnaryGroup<Q::Owned, u64>
+where
+    Q: ?Sized + Key + Send,
+    Q::Owned: std::hash::Hash + Eq + std::borrow::Borrow<Q> + Send + Sync + 'static,
+{
     const NAME: &'static str = "async_singleflight";
     fn create() -> Self {
         async_singleflight::UnaryGroup::new()
     }
-    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
+    fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
     where
         F: Future<Output = u64> + Send + 'static,
     {
@@ -150,39 +146,16 @@ impl Peer<str> for async_singleflight::UnaryGroup<String, u64> {
     }
 }
 
-impl Peer<u64> for async_singleflight::UnaryGroup<u64, u64> {
-    const NAME: &'static str = "async_singleflight";
-    fn create() -> Self {
-        async_singleflight::UnaryGroup::new()
-    }
-    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
-    where
-        F: Future<Output = u64> + Send + 'static,
-    {
-        self.work(key, fut)
-    }
-}
-
-impl Peer<str> for uniflight::Merger<String, u64> {
+impl<Q> Peer<Q> for uniflight::Merger<Q::Owned, u64>
+where
+    Q: ?Sized + Key,
+    Q::Owned: std::hash::Hash + Eq + std::borrow::Borrow<Q> + Send + Sync + 'static,
+{
     const NAME: &'static str = "uniflight";
     fn create() -> Self {
         uniflight::Merger::new()
     }
-    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
-    where
-        F: Future<Output = u64> + Send + 'static,
-    {
-        self.execute(key, move || fut)
-            .map(|r| r.expect("no panics here"))
-    }
-}
-
-impl Peer<u64> for uniflight::Merger<u64, u64> {
-    const NAME: &'static str = "uniflight";
-    fn create() -> Self {
-        uniflight::Merger::new()
-    }
-    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
+    fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
     where
         F: Future<Output = u64> + Send + 'static,
     {
@@ -225,29 +198,18 @@ where
     }
 }
 
-impl Peer<str> for SharedMap<String> {
+impl<Q> Peer<Q> for SharedMap<Q::Owned>
+where
+    Q: ?Sized + Key,
+    Q::Owned: std::hash::Hash + Eq + std::borrow::Borrow<Q> + Send + 'static,
+{
     const NAME: &'static str = "Shared-in-Mutex-HashMap";
     fn create() -> Self {
         SharedMap {
             map: Mutex::default(),
         }
     }
-    fn call<'a, F>(&'a self, key: &'a str, fut: F) -> impl Future<Output = u64> + Send + 'a
-    where
-        F: Future<Output = u64> + Send + 'static,
-    {
-        self.call_with(key, fut.boxed())
-    }
-}
-
-impl Peer<u64> for SharedMap<u64> {
-    const NAME: &'static str = "Shared-in-Mutex-HashMap";
-    fn create() -> Self {
-        SharedMap {
-            map: Mutex::default(),
-        }
-    }
-    fn call<'a, F>(&'a self, key: &'a u64, fut: F) -> impl Future<Output = u64> + Send + 'a
+    fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
     where
         F: Future<Output = u64> + Send + 'static,
     {

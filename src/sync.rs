@@ -1,9 +1,10 @@
 //! The locks and atomics of the crate's state machine, swapped for `shuttle`'s under
-//! `--cfg shuttle` so that its schedulers can explore interleavings at every one of them. A `cfg`, not
-//! a cargo feature: no other crate in a build can put shuttle's lock into production.
+//! `--cfg shuttle` so that its schedulers can explore interleavings at every one of them.
+//! A `cfg`, not a cargo feature: no other crate in a build can put shuttle's lock into
+//! production.
 //!
 //! `Arc` and `OnceLock` stay std's in both builds: shuttle has no `OnceLock`, and ours is
-//! written only under a call's lock, which shuttle does see.
+//! written only under a shard's lock, which shuttle does see.
 
 pub(crate) use std::sync::{Arc, OnceLock};
 

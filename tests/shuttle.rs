@@ -8,17 +8,19 @@
 //! Run with `RUSTFLAGS="--cfg shuttle" cargo test --test shuttle --release`.
 #![cfg(shuttle)]
 
+mod common;
+
+use common::yield_times;
 use futures_util::FutureExt;
 use futures_util::future::{Either, select};
 use oneflight::{Group, Panicked};
 use shuttle::future::{block_on, spawn};
 use shuttle::rand::{Rng, thread_rng};
 use shuttle::sync::atomic::{AtomicUsize, Ordering};
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 
 /// Schedules per scenario and scheduler; `SHUTTLE_ITERATIONS` overrides.
 fn iterations() -> usize {
@@ -32,23 +34,6 @@ fn iterations() -> usize {
 fn explore(scenario: fn()) {
     shuttle::check_random(scenario, iterations());
     shuttle::check_pct(scenario, iterations(), 3);
-}
-
-/// Yields to shuttle's scheduler `n` times.
-async fn yield_times(n: usize) {
-    for _ in 0..n {
-        let mut yielded = false;
-        poll_fn(|cx| {
-            if yielded {
-                Poll::Ready(())
-            } else {
-                yielded = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await;
-    }
 }
 
 /// What the executions of one scenario did.
