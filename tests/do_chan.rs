@@ -128,6 +128,37 @@ fn dropped_receivers_do_not_cancel_the_flight() {
 }
 
 #[test]
+fn dropping_every_group_handle_lets_flights_finish_and_deliver() {
+    let group: Group<String, u32> = Group::new();
+    let executor = Manual::new();
+    let log = Log::new();
+    let gate = Gate::new();
+    let rx = group.do_chan_with("key", log.work("a", &gate, 1), executor.spawner());
+    let rx2 = group
+        .clone()
+        .do_chan_with("key", log.work("b", &gate, 2), executor.spawner());
+    executor.run_until_idle();
+    drop(group);
+    gate.open();
+    executor.run_until_idle();
+    assert_eq!(
+        rx.try_recv(),
+        Ok(Outcome {
+            value: 1,
+            shared: true
+        })
+    );
+    assert_eq!(
+        rx2.try_recv(),
+        Ok(Outcome {
+            value: 1,
+            shared: true
+        })
+    );
+    assert_eq!(log.events(), ["a started", "a finished"]);
+}
+
+#[test]
 fn cancelled_work_runner_hands_over_to_a_channel_caller() {
     let group: Group<String, &str> = Group::new();
     let executor = Manual::new();
