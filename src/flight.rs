@@ -11,15 +11,15 @@
 //!   Ended <-----------------------'
 //! ```
 //!
-//! A [`Flight`] lives in its group's map (or, once forgotten, in the group's list of
-//! forgotten flights) and is only touched under the group's lock. Invariants, each kept
-//! under that lock:
+//! A [`Flight`] lives in its group's map (or, once forgotten, among the group's forgotten
+//! flights), in the shard that its key's hash selects, and is only touched under that
+//! shard's lock ("the lock" below). Invariants, each kept under that lock:
 //!
 //! - In `Running`, exactly one runner exists: a `work` caller polling its future or a
 //!   spawned task (or a spawner about to receive one). So one future runs per flight.
 //! - `Vacant` never lasts while a caller that could run the flight waits unwoken: when a
-//!   flight becomes vacant with `waiting > 0`, every waiting `work` caller is woken, and
-//!   the first to take the lock claims the run. With no `work` caller waiting, a live
+//!   flight becomes vacant with `waiting > 0`, its vacancy count is raised and every
+//!   waiting `work` caller is woken; the first to take the lock claims the run. With no `work` caller waiting, a live
 //!   standby `do_chan` caller is started at once; with neither, the flight ends.
 //! - A flight that ends leaves the group's structures in the same critical section that
 //!   publishes its outcome, so nobody joins an ended flight. The outcome is set whenever a
@@ -49,7 +49,7 @@ pub(crate) struct FlightId {
 /// Starts a waiting `do_chan` caller's future on its own executor, to take a flight over.
 pub(crate) type Start = Box<dyn FnOnce(FlightId) + Send>;
 
-/// One flight: who runs it and who waits. Guarded by the group's lock.
+/// One flight: who runs it and who waits. Guarded by its shard's lock.
 pub(crate) struct Flight<V> {
     /// Unique in the group: how callers find their flight again.
     pub(crate) id: u64,
