@@ -295,24 +295,29 @@ impl<V> Handover<V> {
             }
             Handover::Abandoned(channels) => {
                 if let Some(channels) = channels {
-                    drop(channels.senders);
-                    drop_quietly(channels.standby);
+                    channels.close();
                 }
             }
         }
     }
 }
 
+impl<V> Channels<V> {
+    /// Closes every channel that has not received a message, and drops the futures of
+    /// the stand-bys, after the lock is released.
+    fn close(self) {
+        drop(self.senders);
+        drop_quietly(self.standby);
+    }
+}
+
 impl<V: Clone> Ended<V> {
-    /// Wakes waiting `work` callers and sends the outcome to each `do_chan` caller:
-    /// `value` if the flight's future returned one, `None` if it panicked.
+    /// Sends the outcome to each `do_chan` caller: `value` if the flight's future returned
+    /// one, `None` if it panicked. (Waiting `work` callers are woken by the finisher.)
     ///
     /// A value's `Clone` that panics closes only that receiver's channel. After a panic of
     /// the flight's future, every channel closes without a message.
     pub(crate) fn deliver(self, value: Option<&V>) {
-        if let (true, Some(waiters)) = (self.waiting, &self.waiters) {
-            waiters.event.notify(usize::MAX);
-        }
         let Some(channels) = self.channels else {
             return;
         };
@@ -330,8 +335,7 @@ impl<V: Clone> Ended<V> {
                 }
             }
         }
-        drop(channels.senders);
-        drop_quietly(channels.standby);
+        channels.close();
     }
 }
 

@@ -692,10 +692,13 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
             Some(ended)
         });
         // Fast path: nobody else ever waited on this flight.
-        let Some(ended) = ended.expect("only its runner ends a running flight") else {
+        let Some(mut ended) = ended.expect("only its runner ends a running flight") else {
             return unshared.and_then(|outcome| outcome.ok()).filter(|_| keep);
         };
-        let waiters = ended.waiters.clone();
+        let waiters = ended.waiters.take();
+        if let (true, Some(waiters)) = (ended.waiting, &waiters) {
+            waiters.event.notify(usize::MAX);
+        }
         let published = match (&unshared, &waiters) {
             (Some(outcome), _) => outcome.as_ref().ok(),
             (None, Some(waiters)) => waiters.outcome.get().and_then(|o| o.as_ref().ok()),
