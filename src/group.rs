@@ -109,10 +109,7 @@ impl<K, V, S> Group<K, V, S> {
     /// assert_eq!(group.in_flight(), 0);
     /// ```
     pub fn with_hasher(hasher: S) -> Self {
-        // Four shards per thread that can run at once, as dashmap does: enough that two
-        // callers of different keys rarely meet on one lock.
-        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (threads * 4).next_power_of_two().clamp(4, 256);
+        let shards = shard_count();
         Group {
             inner: Arc::new(Inner {
                 hasher,
@@ -586,6 +583,17 @@ impl<K, V, S> Inner<K, V, S> {
             _ => false,
         }
     }
+}
+
+/// How many shards a group has: four per thread that can run at once, as dashmap does,
+/// enough that two callers of different keys rarely meet on one lock. Asked of the system
+/// once per process (it reads files on Linux), not once per group.
+fn shard_count() -> usize {
+    static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SHARDS.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+        (threads * 4).next_power_of_two().clamp(4, 256)
+    })
 }
 
 /// Locks a shard. A panic under the lock (in a key's `Eq` or `ToOwned`) leaves the
