@@ -13,7 +13,6 @@ use std::pin::pin;
 use std::task::Poll;
 
 use async_channel::Receiver;
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as Slot;
@@ -225,25 +224,24 @@ where
                     if fresh { None } else { flight.join_work() }
                 },
             );
-        let Some((waiters, vacancies)) = waiters else {
-            return Runner::new(Cow::Borrowed(&self.inner), flight)
-                .run_work(fut)
-                .await;
+        let runner = match waiters {
+            None => Runner::new(Cow::Borrowed(&self.inner), flight),
+            Some((waiters, vacancies)) => {
+                let mut waiter = Waiter {
+                    group: &self.inner,
+                    flight,
+                    waiters,
+                    vacancies,
+                    armed: true,
+                };
+                match waiter.wait().await {
+                    Ok(Ok(value)) => return value.clone(),
+                    Ok(Err(panicked)) => resume_unwind(Box::new(panicked.clone())),
+                    Err(runner) => runner,
+                }
+            }
         };
-        let mut waiter = Waiter {
-            group: &self.inner,
-            flight,
-            waiters,
-            vacancies,
-            armed: true,
-        };
-        match waiter.wait().await {
-            Ok(outcome) => match outcome {
-                Ok(value) => value.clone(),
-                Err(panicked) => resume_unwind(Box::new(panicked.clone())),
-            },
-            Err(runner) => runner.run_work(fut).await,
-        }
+        runner.run_work(fut).await
     }
 
     /// Forgets the flight for `key`, if any (Go's `Forget`). It keeps running for the
@@ -638,7 +636,7 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
 
     /// Runs the flight for a `work` caller: returns the value, or resumes the panic.
     fn run_work<F: IntoFuture<Output = V>>(self, fut: F) -> impl Future<Output = V> {
-        self.run(fut, true).map(|ran| match ran {
+        self.run(fut, true, |ran| match ran {
             Ok(value) => value.expect("kept for the runner"),
             Err(payload) => resume_unwind(payload),
         })
@@ -647,20 +645,21 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
     /// Runs the flight in a spawned task, which keeps no value and swallows the panic
     /// (published to the other callers already).
     fn run_task<F: IntoFuture<Output = V>>(self, fut: F) -> impl Future<Output = ()> {
-        self.run(fut, false).map(|ran| {
+        self.run(fut, false, |ran| {
             if let Err(payload) = ran {
                 drop_quietly(payload);
             }
         })
     }
 
-    /// Polls `fut` to the end and publishes its outcome. Returns the runner's own copy
-    /// of the value if `keep`, or the panic payload.
-    async fn run<F: IntoFuture<Output = V>>(
+    /// Polls `fut` to the end and publishes its outcome, then hands `finish` the
+    /// runner's own copy of the value if `keep`, or the panic payload.
+    async fn run<F: IntoFuture<Output = V>, T>(
         self,
         fut: F,
         keep: bool,
-    ) -> Result<Option<V>, Box<dyn Any + Send>> {
+        finish: impl FnOnce(Result<Option<V>, Box<dyn Any + Send>>) -> T,
+    ) -> T {
         let mut runner = self;
         // Declared after `runner`, so dropped before it: a cancelled future is gone before
         // the hand-over in `Runner::drop` lets another caller's future start. If
@@ -676,11 +675,12 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
         })
         .await;
         match polled {
-            Ok(value) => Ok(runner.publish(Ok(value), keep)),
+            Ok(value) => finish(Ok(runner.publish(Ok(value), keep))),
             Err(payload) => {
                 runner.publish(Err(Panicked::from_payload(&*payload)), false);
+                // Gone before the panic resumes, as it would be without oneflight.
                 fut.set(None);
-                Err(payload)
+                finish(Err(payload))
             }
         }
     }
