@@ -222,18 +222,17 @@ impl<V> Flight<V> {
         self.joined > 1
     }
 
-    /// The runner finished: the flight ends. `None` if no other caller ever waited on it:
-    /// there is nobody to tell.
-    pub(crate) fn end(&mut self) -> Option<Ended<V>> {
-        self.phase = Phase::Ended;
+    /// The runner finished, and the flight was taken out of the group's structures.
+    /// `None` if no other caller ever waited on it: there is nobody to tell.
+    pub(crate) fn end(self) -> Option<Ended<V>> {
         if self.waiters.is_none() && self.channels.is_none() {
             return None;
         }
         Some(Ended {
             shared: self.shared(),
-            waiters: self.waiters.take(),
+            waiters: self.waiters,
             waiting: self.waiting > 0,
-            channels: self.channels.take(),
+            channels: self.channels,
         })
     }
 

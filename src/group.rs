@@ -603,6 +603,18 @@ fn lock<K, V>(shard: &Mutex<Flights<K, V>>) -> MutexGuard<'_, Flights<K, V>> {
 }
 
 impl<K, V> Flights<K, V> {
+    /// Takes the flight named by `id` out of the map, with its key, or out of the
+    /// forgotten flights.
+    fn remove(&mut self, id: FlightId) -> Option<(Flight<V>, Option<K>)> {
+        match self.table.find_entry(id.hash, |entry| entry.flight.id == id.id) {
+            Ok(entry) => {
+                let (Entry { key, flight, .. }, _) = entry.remove();
+                Some((flight, Some(key)))
+            }
+            Err(_) => Some((self.forgotten.remove(&id.id)?, None)),
+        }
+    }
+
     /// The flight named by `id`, in the map or among the forgotten ones.
     fn get_mut(&mut self, id: FlightId) -> Option<&mut Flight<V>> {
         let Flights {
@@ -689,20 +701,25 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
     /// then wakes and sends to the waiting callers.
     fn publish(&mut self, outcome: Result<V, Panicked>, keep: bool) -> Option<V> {
         self.finished = true;
-        let mut unshared = Some(outcome);
-        let ended = self.group.update(self.flight, |flight| {
-            let ended = flight.end()?;
-            if let Some(waiters) = &ended.waiters {
-                let _ = waiters
-                    .outcome
-                    .set(unshared.take().expect("published once"));
-            }
-            Some(ended)
-        });
+        let mut flights = self.group.lock(self.flight.hash);
+        let (flight, key) = flights
+            .remove(self.flight)
+            .expect("only its runner ends a running flight");
         // Fast path: nobody else ever waited on this flight.
-        let Some(mut ended) = ended.expect("only its runner ends a running flight") else {
-            return unshared.and_then(|outcome| outcome.ok()).filter(|_| keep);
+        let Some(mut ended) = flight.end() else {
+            // The key is dropped after unlocking: its `Drop` is user code.
+            drop(flights);
+            drop(key);
+            return outcome.ok().filter(|_| keep);
         };
+        let mut unshared = Some(outcome);
+        if let Some(waiters) = &ended.waiters {
+            let _ = waiters
+                .outcome
+                .set(unshared.take().expect("published once"));
+        }
+        drop(flights);
+        drop(key);
         let waiters = ended.waiters.take();
         if let (true, Some(waiters)) = (ended.waiting, &waiters) {
             waiters.event.notify(usize::MAX);
