@@ -496,6 +496,26 @@ fn floor_mixed(c: &mut Criterion) {
     });
 }
 
+/// The channels per iteration of the channel-lifecycle floor.
+const CHANNELS: usize = 1_000;
+const CHANNEL_LIFECYCLE: &str = "async-channel lifecycle x1000";
+const BOXED_FUTURES: &str = "boxed closure x1000";
+
+/// Heap bytes of one channel's life: created, sent to, closed, received from, dropped.
+fn channel_lifecycle_bytes() -> u64 {
+    heap_bytes(|| {
+        let (sender, receiver) = async_channel::bounded(1);
+        sender
+            .try_send(oneflight::Outcome {
+                value: 7_u64,
+                shared: true,
+            })
+            .unwrap();
+        drop(sender);
+        black_box(receiver.try_recv().unwrap());
+    })
+}
+
 fn floor(c: &mut Criterion, keys: &[Box<str>]) {
     let mut group = c.benchmark_group("floor");
     let map: Mutex<HashMap<String, u64>> = Mutex::default();
@@ -529,6 +549,40 @@ fn floor(c: &mut Criterion, keys: &[Box<str>]) {
                     .poll(&mut Context::from_waker(Waker::noop()))
                     .is_ready(),
             )
+        })
+    });
+    // What each `do_chan` receiver costs the channel alone, in the order of
+    // `chan_vs_work`: all created as callers join, sent to and closed when the flight
+    // ends, then received from.
+    group.bench_function(CHANNEL_LIFECYCLE, |b| {
+        b.iter(|| {
+            let (senders, receivers): (Vec<_>, Vec<_>) =
+                (0..CHANNELS).map(|_| async_channel::bounded(1)).unzip();
+            for sender in &senders {
+                sender
+                    .try_send(oneflight::Outcome {
+                        value: 7_u64,
+                        shared: true,
+                    })
+                    .unwrap();
+            }
+            drop(senders);
+            for receiver in receivers {
+                black_box(receiver.try_recv().unwrap());
+            }
+        })
+    });
+    // A `do_chan` caller that joins keeps its future boxed, to take over with it.
+    group.bench_function(BOXED_FUTURES, |b| {
+        let shared = (Arc::new(()), Arc::new(()));
+        b.iter(|| {
+            let boxed: Vec<Box<dyn FnOnce() -> u64 + Send>> = (0..CHANNELS)
+                .map(|i| {
+                    let captured = (shared.0.clone(), shared.1.clone(), i);
+                    Box::new(move || captured.2 as u64) as Box<dyn FnOnce() -> u64 + Send>
+                })
+                .collect();
+            black_box(boxed);
         })
     });
     let (tx, rx) = async_channel::bounded(1);
@@ -761,6 +815,21 @@ fn summary(executions: &[(u64, u64)], heap: &[(u64, usize)], chan_bytes: u64) {
             out,
             "oneflight, one task, per added caller: `work` follower {work:.0} ns, `do_chan` receiver {chan:.0} ns ({:.2}x; target <= 1.5x); heap bytes per `do_chan` caller that joins: {chan_bytes}.",
             chan / work
+        );
+    }
+    let per_item = |path: &str| median_ns(&format!("floor/{path}")).map(|ns| ns / CHANNELS as f64);
+    if let (Some(work), Some(chan), Some(channel), Some(boxed)) = (
+        work_slope,
+        chan_slope,
+        per_item(CHANNEL_LIFECYCLE),
+        per_item(BOXED_FUTURES),
+    ) {
+        let _ = writeln!(
+            out,
+            "floor under a `do_chan` receiver: its async-channel (created, sent to, closed, received from, dropped; {CHANNELS} at a time) {channel:.0} ns and {} heap bytes, plus the box that keeps its future {boxed:.0} ns: {:.2}x a `work` follower before any lookup; the rest of a receiver costs {:.0} ns.",
+            channel_lifecycle_bytes(),
+            (channel + boxed) / work,
+            chan - channel - boxed,
         );
     }
     for (name, path) in [

@@ -606,7 +606,10 @@ impl<K, V> Flights<K, V> {
     /// Takes the flight named by `id` out of the map, with its key, or out of the
     /// forgotten flights.
     fn remove(&mut self, id: FlightId) -> Option<(Flight<V>, Option<K>)> {
-        match self.table.find_entry(id.hash, |entry| entry.flight.id == id.id) {
+        match self
+            .table
+            .find_entry(id.hash, |entry| entry.flight.id == id.id)
+        {
             Ok(entry) => {
                 let (Entry { key, flight, .. }, _) = entry.remove();
                 Some((flight, Some(key)))
