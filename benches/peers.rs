@@ -13,7 +13,8 @@
 //! - `chan_vs_work`: N callers of one flight in one task, as `work` followers and as
 //!   `do_chan` receivers.
 //! - `floor`: a `Mutex<HashMap>` insert and remove with a key clone, an
-//!   `event-listener` notify round trip, an `async-channel` send and receive.
+//!   `event-listener` notify round trip, an `async-channel` send and receive, and what a
+//!   `do_chan` receiver cannot do without: its channel's whole life and a boxed future.
 //!
 //! A counting global allocator measures heap bytes per waiting caller.
 
