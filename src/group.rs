@@ -9,7 +9,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture, poll_fn};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::Poll;
 
 use async_channel::Receiver;
@@ -224,7 +224,7 @@ where
                     if fresh { None } else { flight.join_work() }
                 },
             );
-        let runner = match waiters {
+        let mut runner = match waiters {
             None => Runner::new(Cow::Borrowed(&self.inner), flight),
             Some((waiters, vacancies)) => {
                 let mut waiter = Waiter {
@@ -241,7 +241,13 @@ where
                 }
             }
         };
-        runner.run_work(fut).await
+        // After `runner`, as `Runner::run` requires. If `into_future` panics, `runner`
+        // hands the flight over.
+        let fut = pin!(Some(fut.into_future()));
+        match runner.run(fut, true).await {
+            Ok(value) => value.expect("kept for the runner"),
+            Err(payload) => resume_unwind(payload),
+        }
     }
 
     /// Forgets the flight for `key`, if any (Go's `Forget`). It keeps running for the
@@ -649,37 +655,30 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
         }
     }
 
-    /// Runs the flight for a `work` caller: returns the value, or resumes the panic.
-    fn run_work<F: IntoFuture<Output = V>>(self, fut: F) -> impl Future<Output = V> {
-        self.run(fut, true, |ran| match ran {
-            Ok(value) => value.expect("kept for the runner"),
-            Err(payload) => resume_unwind(payload),
-        })
-    }
-
     /// Runs the flight in a spawned task, which keeps no value and swallows the panic
     /// (published to the other callers already).
-    fn run_task<F: IntoFuture<Output = V>>(self, fut: F) -> impl Future<Output = ()> {
-        self.run(fut, false, |ran| {
-            if let Err(payload) = ran {
-                drop_quietly(payload);
-            }
-        })
+    async fn run_task<F: IntoFuture<Output = V>>(mut self, fut: F) {
+        // After `self`, as `run` requires. If `into_future` panics, `self` hands the
+        // flight over.
+        let fut = pin!(Some(fut.into_future()));
+        if let Err(payload) = self.run(fut, false).await {
+            drop_quietly(payload);
+        }
     }
 
-    /// Polls `fut` to the end and publishes its outcome, then hands `finish` the
-    /// runner's own copy of the value if `keep`, or the panic payload.
-    async fn run<F: IntoFuture<Output = V>, T>(
-        self,
-        fut: F,
+    /// Polls `fut` to the end and publishes its outcome. Returns the runner's own copy of
+    /// the value if `keep`, or the panic payload.
+    ///
+    /// `fut` is pinned by the caller, in its own frame rather than moved into this
+    /// future, so that a `work` future holds the user's future twice (unstarted, then
+    /// pinned) rather than three times. The caller declares it after the runner, so that
+    /// it is dropped before the runner: a cancelled future is gone before the hand-over in
+    /// `Runner::drop` lets another caller's future start.
+    async fn run<Fut: Future<Output = V>>(
+        &mut self,
+        mut fut: Pin<&mut Option<Fut>>,
         keep: bool,
-        finish: impl FnOnce(Result<Option<V>, Box<dyn Any + Send>>) -> T,
-    ) -> T {
-        let mut runner = self;
-        // Declared after `runner`, so dropped before it: a cancelled future is gone before
-        // the hand-over in `Runner::drop` lets another caller's future start. If
-        // `into_future` panics, `runner` hands the flight over.
-        let mut fut = pin!(Some(fut.into_future()));
+    ) -> Result<Option<V>, Box<dyn Any + Send>> {
         let polled = poll_fn(|cx| {
             let running = fut.as_mut().as_pin_mut().expect("polled after its end");
             match catch_unwind(AssertUnwindSafe(|| running.poll(cx))) {
@@ -690,12 +689,12 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
         })
         .await;
         match polled {
-            Ok(value) => finish(Ok(runner.publish(Ok(value), keep))),
+            Ok(value) => Ok(self.publish(Ok(value), keep)),
             Err(payload) => {
-                runner.publish(Err(Panicked::from_payload(&*payload)), false);
+                self.publish(Err(Panicked::from_payload(&*payload)), false);
                 // Gone before the panic resumes, as it would be without oneflight.
                 fut.set(None);
-                finish(Err(payload))
+                Err(payload)
             }
         }
     }

@@ -145,6 +145,23 @@ fn joining_a_flight_allocates_no_key() {
 }
 
 #[test]
+fn a_work_future_holds_the_users_future_at_most_twice() {
+    // A waiting caller keeps its future unstarted, and a runner polls it pinned: two
+    // places, never three. With many callers waiting on big futures (an HTTP client's
+    // are kilobytes), each copy is memory per caller.
+    let group: Group<String, u64> = Group::new();
+    let small = group.work("key", async { 1 });
+    let payload = [1_u8; 1024];
+    let large = group.work("key", async move { u64::from(payload[0]) });
+    let added = size_of_val(&large) - size_of_val(&small);
+    assert!(
+        added < 5 * payload.len() / 2,
+        "a {}-byte future added {added} bytes to `work`'s future",
+        payload.len()
+    );
+}
+
+#[test]
 fn the_returned_future_does_nothing_until_polled() {
     let group: Group<String, u32> = Group::new();
     let log = Log::new();
