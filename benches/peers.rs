@@ -8,13 +8,16 @@
 //! `docs/peers.svg`. Scenarios:
 //!
 //! - `uncontended_*`: one task, sequential calls on distinct keys, ready future.
-//! - `fan_in_*`: N spawned callers on one key, the work gated until all N have joined.
+//! - `fan_in_*`: N spawned callers on one key, the work gated until all N have joined;
+//!   also measured apart from criterion in rounds that alternate between the peers, and
+//!   beside a floor that runs the same harness with a one-key singleflight.
 //! - `mixed`: 64 tasks, 10,000 calls over 100 keys, work that yields once.
 //! - `chan_vs_work`: N callers of one flight in one task, as `work` followers and as
 //!   `do_chan` receivers.
 //! - `floor`: a `Mutex<HashMap>` insert and remove with a key clone, an
 //!   `event-listener` notify round trip, an `async-channel` send and receive, and what a
-//!   `do_chan` receiver cannot do without: its channel's whole life and a boxed future.
+//!   `do_chan` receiver cannot do without: its channel's whole life, a boxed future and a
+//!   lookup under a lock.
 //!
 //! A counting global allocator measures heap bytes per waiting caller.
 
@@ -218,6 +221,67 @@ where
     }
 }
 
+/// The floor under gated fan-in, as a singleflight that needs no key: one lock decides who
+/// runs, the others wait on one `event-listener` event and read the value once, as
+/// oneflight's `work` followers do. No hashing, no map, no hand-over. What any design
+/// pays per caller in the same harness, beyond its spawn.
+struct OneKeyFloor {
+    flight: Mutex<Option<Arc<OneFlight>>>,
+}
+
+/// The one flight of [`OneKeyFloor`].
+struct OneFlight {
+    value: std::sync::OnceLock<u64>,
+    event: event_listener::Event,
+}
+
+const ONE_KEY_FLOOR: &str = "floor-one-key";
+
+impl Peer<str> for OneKeyFloor {
+    const NAME: &'static str = ONE_KEY_FLOOR;
+    fn create() -> Self {
+        OneKeyFloor {
+            flight: Mutex::new(None),
+        }
+    }
+    async fn call<'a, F>(&'a self, _key: &'a str, fut: F) -> u64
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        let (flight, runs) = {
+            let mut slot = self.flight.lock().unwrap();
+            match &*slot {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = Arc::new(OneFlight {
+                        value: std::sync::OnceLock::new(),
+                        event: event_listener::Event::new(),
+                    });
+                    *slot = Some(flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if runs {
+            let value = fut.await;
+            let _ = flight.value.set(value);
+            *self.flight.lock().unwrap() = None;
+            flight.event.notify(usize::MAX);
+            return value;
+        }
+        drop(fut);
+        loop {
+            if let Some(value) = flight.value.get() {
+                return *value;
+            }
+            event_listener::listener!(flight.event => listener);
+            if flight.value.get().is_none() {
+                listener.await;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Scenarios
 
@@ -327,6 +391,64 @@ fn fan_in<P: Peer<str>>(c: &mut Criterion, yields: bool) {
             })
         });
     }
+}
+
+/// Rounds of the interleaved fan-in measurement.
+const ROUNDS: usize = 30;
+
+/// Nanoseconds per added caller of gated fan-in, measured in rounds that alternate between
+/// the implementations, so that a machine that speeds up or slows down over the run (as
+/// shared ones do, by more than the differences measured here) weighs on all alike. Each
+/// round times `REPS_1000` batches of 1,000 callers and `REPS_1` batches of one; the
+/// median over the rounds is returned, in the order of `peers`.
+fn interleaved_fan_in(yields: bool) -> Vec<f64> {
+    const REPS_1000: u32 = 10;
+    const REPS_1: u32 = 50;
+    fn batch_ns<P: Peer<str>>(
+        rt: &tokio::runtime::Runtime,
+        peer: &Arc<P>,
+        n: usize,
+        reps: u32,
+        yields: bool,
+    ) -> f64 {
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            rt.block_on(gated_batch(peer.clone(), n, yields));
+        }
+        start.elapsed().as_nanos() as f64 / f64::from(reps)
+    }
+    fn per_caller<P: Peer<str>>(rt: &tokio::runtime::Runtime, peer: &Arc<P>, yields: bool) -> f64 {
+        let one = batch_ns(rt, peer, 1, REPS_1, yields);
+        (batch_ns(rt, peer, 1_000, REPS_1000, yields) - one) / 999.0
+    }
+    let rt = runtime();
+    let oneflight = Arc::new(<oneflight::Group<String, u64> as Peer<str>>::create());
+    let singleflight_async = Arc::new(<singleflight_async::SingleFlight<String, u64> as Peer<
+        str,
+    >>::create());
+    let async_singleflight =
+        Arc::new(<async_singleflight::UnaryGroup<String, u64> as Peer<str>>::create());
+    let uniflight = Arc::new(<uniflight::Merger<String, u64> as Peer<str>>::create());
+    let shared = Arc::new(<SharedMap<String> as Peer<str>>::create());
+    let floor = Arc::new(<OneKeyFloor as Peer<str>>::create());
+    let mut rounds: Vec<[f64; 6]> = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        rounds.push([
+            per_caller(&rt, &oneflight, yields),
+            per_caller(&rt, &singleflight_async, yields),
+            per_caller(&rt, &async_singleflight, yields),
+            per_caller(&rt, &uniflight, yields),
+            per_caller(&rt, &shared, yields),
+            per_caller(&rt, &floor, yields),
+        ]);
+    }
+    (0..6)
+        .map(|i| {
+            let mut column: Vec<f64> = rounds.iter().map(|round| round[i]).collect();
+            column.sort_by(f64::total_cmp);
+            column[column.len() / 2]
+        })
+        .collect()
 }
 
 /// Executions per gated batch of 1,000 callers, over `batches` batches: (min, max).
@@ -443,12 +565,24 @@ async fn gated_on(joined: Arc<AtomicUsize>, gate: Arc<AtomicWaker>, n: usize) ->
     7
 }
 
+/// Spawning a task and awaiting its handle, all that the harness of gated fan-in costs a
+/// caller that does nothing.
+const SPAWN_ONLY: &str = "spawn only";
+
 /// The floor under gated fan-in: N spawned tasks that each wait on one event and are
 /// all woken by the last to arrive, with no singleflight logic at all.
 fn floor_fan_in(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("floor_fan_in");
     for n in FAN_IN {
+        group.bench_with_input(BenchmarkId::new(SPAWN_ONLY, n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| async {
+                let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(async { 7_u64 })).collect();
+                for task in tasks {
+                    black_box(task.await.unwrap());
+                }
+            })
+        });
         group.bench_with_input(BenchmarkId::new("spawn+listen+wake", n), &n, |b, &n| {
             b.to_async(&rt).iter(|| async {
                 let event = Arc::new(event_listener::Event::new());
@@ -501,6 +635,7 @@ fn floor_mixed(c: &mut Criterion) {
 const CHANNELS: usize = 1_000;
 const CHANNEL_LIFECYCLE: &str = "async-channel lifecycle x1000";
 const BOXED_FUTURES: &str = "boxed closure x1000";
+const LOOKUP: &str = "mutex-hashmap lookup";
 
 /// Heap bytes of one channel's life: created, sent to, closed, received from, dropped.
 fn channel_lifecycle_bytes() -> u64 {
@@ -537,6 +672,11 @@ fn floor(c: &mut Criterion, keys: &[Box<str>]) {
             map.lock().unwrap().insert(next, 1);
             black_box(map.lock().unwrap().remove(&next))
         })
+    });
+    // What any caller of a flight in the air pays to find it: hash, lock, probe.
+    let map: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::from([("key".into(), 7)]));
+    group.bench_function(LOOKUP, |b| {
+        b.iter(|| black_box(map.lock().unwrap().get(black_box("key")).copied()))
     });
     let event = event_listener::Event::new();
     group.bench_function("event-listener notify round trip", |b| {
@@ -670,17 +810,26 @@ struct Row {
 impl Row {
     /// oneflight's value over the best peer's.
     fn ratio(&self) -> Option<f64> {
-        let ours = self.values[0]?;
-        let best = self.values[1..]
-            .iter()
-            .flatten()
-            .cloned()
-            .fold(f64::INFINITY, f64::min);
-        (best.is_finite() && best > 0.0).then(|| ours / best)
+        Some(self.values[0]? / best_peer(self)?)
     }
 }
 
-fn summary(executions: &[(u64, u64)], heap: &[(u64, usize)], chan_bytes: u64) {
+/// The lowest value of a peer other than oneflight in `row`.
+fn best_peer(row: &Row) -> Option<f64> {
+    let best = row.values[1..]
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
+    (best.is_finite() && best > 0.0).then_some(best)
+}
+
+fn summary(
+    executions: &[(u64, u64)],
+    heap: &[(u64, usize)],
+    chan_bytes: u64,
+    interleaved: &[Vec<f64>; 2],
+) {
     let per_call = |group: &str, divisor: f64| -> Vec<Option<f64>> {
         PEERS
             .iter()
@@ -720,6 +869,24 @@ fn summary(executions: &[(u64, u64)], heap: &[(u64, usize)], chan_bytes: u64) {
             scenario: "gated fan-in (work yields), per added caller".into(),
             unit: "ns/caller",
             values: slope("fan_in_yield"),
+            target: Some(0.8),
+        },
+        Row {
+            scenario: "gated fan-in, interleaved rounds, per added caller".into(),
+            unit: "ns/caller",
+            values: interleaved[0][..PEERS.len()]
+                .iter()
+                .map(|&v| Some(v))
+                .collect(),
+            target: Some(0.8),
+        },
+        Row {
+            scenario: "gated fan-in (work yields), interleaved rounds".into(),
+            unit: "ns/caller",
+            values: interleaved[1][..PEERS.len()]
+                .iter()
+                .map(|&v| Some(v))
+                .collect(),
             target: Some(0.8),
         },
         Row {
@@ -787,16 +954,42 @@ fn summary(executions: &[(u64, u64)], heap: &[(u64, usize)], chan_bytes: u64) {
         "| executions per gated batch of 1,000 | count | {} | | 1 |",
         cells.join(" | ")
     );
-    let floor_slope = median_ns("floor_fan_in/spawn+listen+wake/1000")
-        .zip(median_ns("floor_fan_in/spawn+listen+wake/1"))
-        .map(|(a, b)| (a - b) / 999.0);
+    let floor_slope = |path: &str| {
+        median_ns(&format!("{path}/1000"))
+            .zip(median_ns(&format!("{path}/1")))
+            .map(|(a, b)| (a - b) / 999.0)
+    };
     let floor_mixed = median_ns("mixed/floor").map(|ns| ns / MIXED_CALLS as f64);
     let _ = writeln!(out);
-    if let Some(ns) = floor_slope {
-        let _ = writeln!(
-            out,
-            "floor under gated fan-in (tokio spawn, one event-listener wait and wake per task, no singleflight): {ns:.0} ns per added caller."
-        );
+    for (floor, path) in [
+        ("tokio spawn only", format!("floor_fan_in/{SPAWN_ONLY}")),
+        (
+            "tokio spawn, one event-listener wait and wake per task",
+            "floor_fan_in/spawn+listen+wake".into(),
+        ),
+        (
+            "the same harness and a one-key singleflight: no hash, no map",
+            format!("fan_in/{ONE_KEY_FLOOR}"),
+        ),
+    ] {
+        if let (Some(ns), Some(best)) = (floor_slope(&path), best_peer(&rows[2])) {
+            let _ = writeln!(
+                out,
+                "floor under gated fan-in ({floor}): {ns:.0} ns per added caller, {:.2}x the best peer.",
+                ns / best
+            );
+        }
+    }
+    // Rows 4 and 5 are the interleaved rounds, whose last column is the one-key floor.
+    for (row, work) in [(&rows[4], "work"), (&rows[5], "work that yields")] {
+        if let Some(best) = best_peer(row) {
+            let floor = interleaved[usize::from(work != "work")][PEERS.len()];
+            let _ = writeln!(
+                out,
+                "floor under gated fan-in, {work}, interleaved rounds (the one-key singleflight in the same rounds): {floor:.0} ns per added caller, {:.2}x the best peer.",
+                floor / best
+            );
+        }
     }
     if let Some(ns) = floor_mixed {
         let _ = writeln!(
@@ -819,18 +1012,19 @@ fn summary(executions: &[(u64, u64)], heap: &[(u64, usize)], chan_bytes: u64) {
         );
     }
     let per_item = |path: &str| median_ns(&format!("floor/{path}")).map(|ns| ns / CHANNELS as f64);
-    if let (Some(work), Some(chan), Some(channel), Some(boxed)) = (
+    if let (Some(work), Some(chan), Some(channel), Some(boxed), Some(lookup)) = (
         work_slope,
         chan_slope,
         per_item(CHANNEL_LIFECYCLE),
         per_item(BOXED_FUTURES),
+        median_ns(&format!("floor/{LOOKUP}")),
     ) {
         let _ = writeln!(
             out,
-            "floor under a `do_chan` receiver: its async-channel (created, sent to, closed, received from, dropped; {CHANNELS} at a time) {channel:.0} ns and {} heap bytes, plus the box that keeps its future {boxed:.0} ns: {:.2}x a `work` follower before any lookup; the rest of a receiver costs {:.0} ns.",
+            "floor under a `do_chan` receiver: its async-channel (created, sent to, closed, received from, dropped; {CHANNELS} at a time) {channel:.0} ns and {} heap bytes, plus the box that keeps its future {boxed:.0} ns, plus a lookup under a lock {lookup:.0} ns: {:.2}x a `work` follower; the rest of a receiver costs {:.0} ns.",
             channel_lifecycle_bytes(),
-            (channel + boxed) / work,
-            chan - channel - boxed,
+            (channel + boxed + lookup) / work,
+            chan - channel - boxed - lookup,
         );
     }
     for (name, path) in [
@@ -873,11 +1067,7 @@ fn chart(rows: &[Row]) -> String {
     let max = rows
         .iter()
         .flat_map(|r| {
-            let best = r.values[1..]
-                .iter()
-                .flatten()
-                .cloned()
-                .fold(f64::INFINITY, f64::min);
+            let best = best_peer(r).unwrap_or(f64::INFINITY);
             r.values
                 .iter()
                 .flatten()
@@ -888,11 +1078,7 @@ fn chart(rows: &[Row]) -> String {
         .min(8.0);
     for (i, row) in rows.iter().enumerate() {
         let top = 50.0 + row_height * i as f64;
-        let best = row.values[1..]
-            .iter()
-            .flatten()
-            .cloned()
-            .fold(f64::INFINITY, f64::min);
+        let best = best_peer(row).unwrap_or(f64::INFINITY);
         let _ = writeln!(
             svg,
             "<text x=\"10\" y=\"{}\" font-weight=\"bold\">{}</text>",
@@ -977,6 +1163,7 @@ fn benches(c: &mut Criterion) {
         fan_in::<async_singleflight::UnaryGroup<String, u64>>(c, yields);
         fan_in::<uniflight::Merger<String, u64>>(c, yields);
         fan_in::<SharedMap<String>>(c, yields);
+        fan_in::<OneKeyFloor>(c, yields);
     }
 
     mixed::<oneflight::Group<String, u64>>(c, &mixed_keys);
@@ -1016,5 +1203,6 @@ fn main() {
         executions_per_batch::<uniflight::Merger<String, u64>>(batches),
         executions_per_batch::<SharedMap<String>>(batches),
     ];
-    summary(&executions, &heap, do_chan_follower_bytes());
+    let interleaved = [interleaved_fan_in(false), interleaved_fan_in(true)];
+    summary(&executions, &heap, do_chan_follower_bytes(), &interleaved);
 }
