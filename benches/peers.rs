@@ -395,58 +395,53 @@ fn fan_in<P: Peer<str>>(c: &mut Criterion, yields: bool) {
 
 /// Rounds of the interleaved fan-in measurement.
 const ROUNDS: usize = 30;
+/// What the interleaved rounds time: the peers in `PEERS`' order, then the floors: the
+/// one-key singleflight, spawning only, and spawning with one event wait and wake.
+const INTERLEAVED: usize = PEERS.len() + 3;
 
 /// Nanoseconds per added caller of gated fan-in, measured in rounds that alternate between
 /// the implementations, so that a machine that speeds up or slows down over the run (as
 /// shared ones do, by more than the differences measured here) weighs on all alike. Each
 /// round times `REPS_1000` batches of 1,000 callers and `REPS_1` batches of one; the
-/// median over the rounds is returned, in the order of `peers`.
+/// median over the rounds is returned, in the order that [`INTERLEAVED`] gives.
 fn interleaved_fan_in(yields: bool) -> Vec<f64> {
     const REPS_1000: u32 = 10;
     const REPS_1: u32 = 50;
-    fn batch_ns<P: Peer<str>>(
-        rt: &tokio::runtime::Runtime,
-        peer: &Arc<P>,
-        n: usize,
-        reps: u32,
-        yields: bool,
-    ) -> f64 {
+    type Batch = Box<dyn Fn(usize) -> BoxFuture<'static, ()>>;
+    fn peer<P: Peer<str>>(yields: bool) -> Batch {
+        let peer = Arc::new(P::create());
+        Box::new(move |n| gated_batch(peer.clone(), n, yields).map(drop).boxed())
+    }
+    let batches: [Batch; INTERLEAVED] = [
+        peer::<oneflight::Group<String, u64>>(yields),
+        peer::<singleflight_async::SingleFlight<String, u64>>(yields),
+        peer::<async_singleflight::UnaryGroup<String, u64>>(yields),
+        peer::<uniflight::Merger<String, u64>>(yields),
+        peer::<SharedMap<String>>(yields),
+        peer::<OneKeyFloor>(yields),
+        Box::new(|n| spawn_only(n).boxed()),
+        Box::new(|n| spawn_listen_wake(n).boxed()),
+    ];
+    let rt = runtime();
+    let batch_ns = |batch: &Batch, n: usize, reps: u32| {
         let start = std::time::Instant::now();
         for _ in 0..reps {
-            rt.block_on(gated_batch(peer.clone(), n, yields));
+            rt.block_on(batch(n));
         }
         start.elapsed().as_nanos() as f64 / f64::from(reps)
-    }
-    fn per_caller<P: Peer<str>>(rt: &tokio::runtime::Runtime, peer: &Arc<P>, yields: bool) -> f64 {
-        let one = batch_ns(rt, peer, 1, REPS_1, yields);
-        (batch_ns(rt, peer, 1_000, REPS_1000, yields) - one) / 999.0
-    }
-    let rt = runtime();
-    let oneflight = Arc::new(<oneflight::Group<String, u64> as Peer<str>>::create());
-    let singleflight_async = Arc::new(<singleflight_async::SingleFlight<String, u64> as Peer<
-        str,
-    >>::create());
-    let async_singleflight =
-        Arc::new(<async_singleflight::UnaryGroup<String, u64> as Peer<str>>::create());
-    let uniflight = Arc::new(<uniflight::Merger<String, u64> as Peer<str>>::create());
-    let shared = Arc::new(<SharedMap<String> as Peer<str>>::create());
-    let floor = Arc::new(<OneKeyFloor as Peer<str>>::create());
-    let mut rounds: Vec<[f64; 6]> = Vec::with_capacity(ROUNDS);
+    };
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); INTERLEAVED];
     for _ in 0..ROUNDS {
-        rounds.push([
-            per_caller(&rt, &oneflight, yields),
-            per_caller(&rt, &singleflight_async, yields),
-            per_caller(&rt, &async_singleflight, yields),
-            per_caller(&rt, &uniflight, yields),
-            per_caller(&rt, &shared, yields),
-            per_caller(&rt, &floor, yields),
-        ]);
+        for (batch, times) in batches.iter().zip(&mut rounds) {
+            let one = batch_ns(batch, 1, REPS_1);
+            times.push((batch_ns(batch, 1_000, REPS_1000) - one) / 999.0);
+        }
     }
-    (0..6)
-        .map(|i| {
-            let mut column: Vec<f64> = rounds.iter().map(|round| round[i]).collect();
-            column.sort_by(f64::total_cmp);
-            column[column.len() / 2]
+    rounds
+        .into_iter()
+        .map(|mut times| {
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
         })
         .collect()
 }
@@ -568,6 +563,8 @@ async fn gated_on(joined: Arc<AtomicUsize>, gate: Arc<AtomicWaker>, n: usize) ->
 /// Spawning a task and awaiting its handle, all that the harness of gated fan-in costs a
 /// caller that does nothing.
 const SPAWN_ONLY: &str = "spawn only";
+/// Spawning, and one `event-listener` wait and wake per task.
+const SPAWN_LISTEN_WAKE: &str = "spawn+listen+wake";
 
 /// The floor under gated fan-in: N spawned tasks that each wait on one event and are
 /// all woken by the last to arrive, with no singleflight logic at all.
@@ -576,36 +573,42 @@ fn floor_fan_in(c: &mut Criterion) {
     let mut group = c.benchmark_group("floor_fan_in");
     for n in FAN_IN {
         group.bench_with_input(BenchmarkId::new(SPAWN_ONLY, n), &n, |b, &n| {
-            b.to_async(&rt).iter(|| async {
-                let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(async { 7_u64 })).collect();
-                for task in tasks {
-                    black_box(task.await.unwrap());
-                }
-            })
+            b.to_async(&rt).iter(|| spawn_only(n))
         });
-        group.bench_with_input(BenchmarkId::new("spawn+listen+wake", n), &n, |b, &n| {
-            b.to_async(&rt).iter(|| async {
-                let event = Arc::new(event_listener::Event::new());
-                let arrived = Arc::new(AtomicUsize::new(0));
-                let tasks: Vec<_> = (0..n)
-                    .map(|_| {
-                        let (event, arrived) = (event.clone(), arrived.clone());
-                        tokio::spawn(async move {
-                            let listener = event.listen();
-                            if arrived.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                                event.notify(usize::MAX);
-                            } else {
-                                listener.await;
-                            }
-                            7_u64
-                        })
-                    })
-                    .collect();
-                for task in tasks {
-                    black_box(task.await.unwrap());
-                }
-            })
+        group.bench_with_input(BenchmarkId::new(SPAWN_LISTEN_WAKE, n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| spawn_listen_wake(n))
         });
+    }
+}
+
+/// N spawned tasks that return at once; their handles awaited in turn.
+async fn spawn_only(n: usize) {
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(async { 7_u64 })).collect();
+    for task in tasks {
+        black_box(task.await.unwrap());
+    }
+}
+
+/// N spawned tasks that each wait on one event, woken all at once by the last to arrive.
+async fn spawn_listen_wake(n: usize) {
+    let event = Arc::new(event_listener::Event::new());
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (event, arrived) = (event.clone(), arrived.clone());
+            tokio::spawn(async move {
+                event_listener::listener!(event => listener);
+                if arrived.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                    event.notify(usize::MAX);
+                } else {
+                    listener.await;
+                }
+                7_u64
+            })
+        })
+        .collect();
+    for task in tasks {
+        black_box(task.await.unwrap());
     }
 }
 
@@ -961,35 +964,43 @@ fn summary(
     };
     let floor_mixed = median_ns("mixed/floor").map(|ns| ns / MIXED_CALLS as f64);
     let _ = writeln!(out);
-    for (floor, path) in [
-        ("tokio spawn only", format!("floor_fan_in/{SPAWN_ONLY}")),
+    // The floors, each against the best peer of the same measurement: criterion's fan-in
+    // row (2) and the rows of interleaved rounds (4 and 5), whose floors come after the
+    // peers.
+    let criterion_floors = [
+        format!("fan_in/{ONE_KEY_FLOOR}"),
+        format!("floor_fan_in/{SPAWN_ONLY}"),
+        format!("floor_fan_in/{SPAWN_LISTEN_WAKE}"),
+    ]
+    .map(|path| floor_slope(&path));
+    for (measured, row, floors) in [
+        ("criterion", &rows[2], criterion_floors),
         (
-            "tokio spawn, one event-listener wait and wake per task",
-            "floor_fan_in/spawn+listen+wake".into(),
+            "interleaved rounds",
+            &rows[4],
+            [0, 1, 2].map(|f| Some(interleaved[0][PEERS.len() + f])),
         ),
         (
-            "the same harness and a one-key singleflight: no hash, no map",
-            format!("fan_in/{ONE_KEY_FLOOR}"),
+            "interleaved rounds, work that yields",
+            &rows[5],
+            [0, 1, 2].map(|f| Some(interleaved[1][PEERS.len() + f])),
         ),
     ] {
-        if let (Some(ns), Some(best)) = (floor_slope(&path), best_peer(&rows[2])) {
-            let _ = writeln!(
-                out,
-                "floor under gated fan-in ({floor}): {ns:.0} ns per added caller, {:.2}x the best peer.",
-                ns / best
-            );
-        }
-    }
-    // Rows 4 and 5 are the interleaved rounds, whose last column is the one-key floor.
-    for (row, work) in [(&rows[4], "work"), (&rows[5], "work that yields")] {
-        if let Some(best) = best_peer(row) {
-            let floor = interleaved[usize::from(work != "work")][PEERS.len()];
-            let _ = writeln!(
-                out,
-                "floor under gated fan-in, {work}, interleaved rounds (the one-key singleflight in the same rounds): {floor:.0} ns per added caller, {:.2}x the best peer.",
-                floor / best
-            );
-        }
+        let Some(best) = best_peer(row) else { continue };
+        let cells: Vec<String> = [
+            "the same harness with a one-key singleflight (no hash, no map)",
+            "tokio spawn only",
+            "tokio spawn and one event-listener wait and wake",
+        ]
+        .iter()
+        .zip(floors)
+        .filter_map(|(floor, ns)| Some(format!("{floor} {:.0} ns ({:.2}x)", ns?, ns? / best)))
+        .collect();
+        let _ = writeln!(
+            out,
+            "floors under gated fan-in per added caller, {measured} (ratio to the best peer): {}.",
+            cells.join("; ")
+        );
     }
     if let Some(ns) = floor_mixed {
         let _ = writeln!(
