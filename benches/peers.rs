@@ -3,14 +3,17 @@
 //! hand-rolled `futures::future::Shared` in a `Mutex<HashMap>`; plus a floor of the
 //! primitives every design pays for.
 //!
-//! `cargo bench --bench peers` runs criterion, then prints a summary table of medians
-//! and ratios (written to `target/criterion/peers-summary.md`) and draws the ratios as
-//! `docs/peers.svg`. Scenarios:
+//! `cargo bench --bench peers` runs criterion; then times `fan_in_*`, `mixed` and
+//! `chan_vs_work` again, apart from criterion, in rounds that alternate between the
+//! implementations, so that a machine whose speed drifts during the run weighs on all
+//! alike; then prints a summary table of medians and ratios (written to
+//! `target/criterion/peers-summary.md`) and draws the ratios as `docs/peers.svg`.
+//! Scenarios:
 //!
 //! - `uncontended_*`: one task, sequential calls on distinct keys, ready future.
 //! - `fan_in_*`: N spawned callers on one key, the work gated until all N have joined;
-//!   also measured apart from criterion in rounds that alternate between the peers, and
-//!   beside a floor that runs the same harness with a one-key singleflight.
+//!   beside floors: spawning alone, spawning with one event wait, and the same harness
+//!   with a singleflight reduced to one key.
 //! - `mixed`: 64 tasks, 10,000 calls over 100 keys, work that yields once.
 //! - `chan_vs_work`: N callers of one flight in one task, as `work` followers and as
 //!   `do_chan` receivers.
@@ -393,26 +396,60 @@ fn fan_in<P: Peer<str>>(c: &mut Criterion, yields: bool) {
     }
 }
 
-/// Rounds of the interleaved fan-in measurement.
+/// Rounds of each interleaved measurement.
 const ROUNDS: usize = 30;
-/// What the interleaved rounds time: the peers in `PEERS`' order, then the floors: the
-/// one-key singleflight, spawning only, and spawning with one event wait and wake.
-const INTERLEAVED: usize = PEERS.len() + 3;
 
-/// Nanoseconds per added caller of gated fan-in, measured in rounds that alternate between
-/// the implementations, so that a machine that speeds up or slows down over the run (as
-/// shared ones do, by more than the differences measured here) weighs on all alike. Each
-/// round times `REPS_1000` batches of 1,000 callers and `REPS_1` batches of one; the
-/// median over the rounds is returned, in the order that [`INTERLEAVED`] gives.
+/// A scenario as the interleaved rounds run it: the future of one batch of a size.
+type Batch = Box<dyn Fn(usize) -> BoxFuture<'static, ()>>;
+
+/// Medians over `ROUNDS` rounds that alternate between `batches`: each round, `measure`
+/// times every batch in turn. Criterion measures one implementation after another,
+/// minutes apart, and a shared machine that speeds up or slows down during a run (by
+/// more than the differences measured here) then weighs on some and not on others; in
+/// alternating rounds it weighs on all alike.
+fn interleaved(batches: &[Batch], measure: impl Fn(&Batch) -> f64) -> Vec<f64> {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+    for _ in 0..ROUNDS {
+        for (batch, times) in batches.iter().zip(&mut times) {
+            times.push(measure(batch));
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut times| {
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        })
+        .collect()
+}
+
+/// Mean nanoseconds of `reps` batches of size `n`.
+fn batch_ns(rt: &tokio::runtime::Runtime, batch: &Batch, n: usize, reps: u32) -> f64 {
+    let start = std::time::Instant::now();
+    for _ in 0..reps {
+        rt.block_on(batch(n));
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(reps)
+}
+
+/// Nanoseconds per added caller: 10 batches of 1,000 callers against 50 of one.
+fn per_added_caller(rt: &tokio::runtime::Runtime, batch: &Batch) -> f64 {
+    let one = batch_ns(rt, batch, 1, 50);
+    (batch_ns(rt, batch, 1_000, 10) - one) / 999.0
+}
+
+/// What the interleaved fan-in rounds time: the peers in `PEERS`' order, then the
+/// floors: the one-key singleflight, spawning only, and spawning with one event wait and
+/// wake.
+const FAN_IN_BATCHES: usize = PEERS.len() + 3;
+
+/// Gated fan-in per added caller, in interleaved rounds, in `FAN_IN_BATCHES`' order.
 fn interleaved_fan_in(yields: bool) -> Vec<f64> {
-    const REPS_1000: u32 = 10;
-    const REPS_1: u32 = 50;
-    type Batch = Box<dyn Fn(usize) -> BoxFuture<'static, ()>>;
     fn peer<P: Peer<str>>(yields: bool) -> Batch {
         let peer = Arc::new(P::create());
         Box::new(move |n| gated_batch(peer.clone(), n, yields).map(drop).boxed())
     }
-    let batches: [Batch; INTERLEAVED] = [
+    let batches: [Batch; FAN_IN_BATCHES] = [
         peer::<oneflight::Group<String, u64>>(yields),
         peer::<singleflight_async::SingleFlight<String, u64>>(yields),
         peer::<async_singleflight::UnaryGroup<String, u64>>(yields),
@@ -423,27 +460,39 @@ fn interleaved_fan_in(yields: bool) -> Vec<f64> {
         Box::new(|n| spawn_listen_wake(n).boxed()),
     ];
     let rt = runtime();
-    let batch_ns = |batch: &Batch, n: usize, reps: u32| {
-        let start = std::time::Instant::now();
-        for _ in 0..reps {
-            rt.block_on(batch(n));
-        }
-        start.elapsed().as_nanos() as f64 / f64::from(reps)
-    };
-    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); INTERLEAVED];
-    for _ in 0..ROUNDS {
-        for (batch, times) in batches.iter().zip(&mut rounds) {
-            let one = batch_ns(batch, 1, REPS_1);
-            times.push((batch_ns(batch, 1_000, REPS_1000) - one) / 999.0);
-        }
+    interleaved(&batches, |batch| per_added_caller(&rt, batch))
+}
+
+/// `mixed` per call, in interleaved rounds, in `PEERS`' order.
+fn interleaved_mixed(keys: &Arc<Vec<String>>) -> Vec<f64> {
+    fn peer<P: Peer<str>>(keys: &Arc<Vec<String>>) -> Batch {
+        let (peer, keys) = (Arc::new(P::create()), keys.clone());
+        Box::new(move |_| mixed_batch(peer.clone(), keys.clone()).boxed())
     }
-    rounds
-        .into_iter()
-        .map(|mut times| {
-            times.sort_by(f64::total_cmp);
-            times[times.len() / 2]
-        })
-        .collect()
+    let batches: [Batch; PEERS.len()] = [
+        peer::<oneflight::Group<String, u64>>(keys),
+        peer::<singleflight_async::SingleFlight<String, u64>>(keys),
+        peer::<async_singleflight::UnaryGroup<String, u64>>(keys),
+        peer::<uniflight::Merger<String, u64>>(keys),
+        peer::<SharedMap<String>>(keys),
+    ];
+    let rt = runtime();
+    interleaved(&batches, |batch| {
+        batch_ns(&rt, batch, MIXED_CALLS, 2) / MIXED_CALLS as f64
+    })
+}
+
+/// A `work` follower and a `do_chan` receiver per added caller, in interleaved rounds.
+fn interleaved_chan_vs_work() -> (f64, f64) {
+    let rt = current_thread_runtime();
+    let group: oneflight::Group<String, u64> = oneflight::Group::new();
+    let (work, chan, handle) = (group.clone(), group, rt.handle().clone());
+    let batches: [Batch; 2] = [
+        Box::new(move |n| work_followers(work.clone(), n).boxed()),
+        Box::new(move |n| chan_receivers(chan.clone(), handle.clone(), n).boxed()),
+    ];
+    let medians = interleaved(&batches, |batch| per_added_caller(&rt, batch));
+    (medians[0], medians[1])
 }
 
 /// Executions per gated batch of 1,000 callers, over `batches` batches: (min, max).
@@ -464,31 +513,36 @@ fn mixed<P: Peer<str>>(c: &mut Criterion, keys: &Arc<Vec<String>>) {
     let rt = runtime();
     let peer = Arc::new(P::create());
     c.benchmark_group("mixed").bench_function(P::NAME, |b| {
-        b.to_async(&rt).iter(|| async {
-            let tasks: Vec<_> = (0..MIXED_TASKS)
-                .map(|t| {
-                    let (peer, keys) = (peer.clone(), keys.clone());
-                    tokio::spawn(async move {
-                        let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ (t as u64 + 1);
-                        for _ in 0..MIXED_CALLS / MIXED_TASKS {
-                            state ^= state << 13;
-                            state ^= state >> 7;
-                            state ^= state << 17;
-                            let key = &keys[(state % MIXED_KEYS as u64) as usize];
-                            let work = async {
-                                tokio::task::yield_now().await;
-                                1
-                            };
-                            black_box(peer.call(key, work).await);
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-        })
+        b.to_async(&rt)
+            .iter(|| mixed_batch(peer.clone(), keys.clone()))
     });
+}
+
+/// One batch of `mixed`: 64 tasks share 10,000 calls over 100 keys, each call's work
+/// yielding once.
+async fn mixed_batch<P: Peer<str>>(peer: Arc<P>, keys: Arc<Vec<String>>) {
+    let tasks: Vec<_> = (0..MIXED_TASKS)
+        .map(|t| {
+            let (peer, keys) = (peer.clone(), keys.clone());
+            tokio::spawn(async move {
+                let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ (t as u64 + 1);
+                for _ in 0..MIXED_CALLS / MIXED_TASKS {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let key = &keys[(state % MIXED_KEYS as u64) as usize];
+                    let work = async {
+                        tokio::task::yield_now().await;
+                        1
+                    };
+                    black_box(peer.call(key, work).await);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
 }
 
 /// N callers of one flight in one task: `work` followers, or `do_chan` receivers. Both on
@@ -496,53 +550,66 @@ fn mixed<P: Peer<str>>(c: &mut Criterion, keys: &Arc<Vec<String>>) {
 /// cross-thread wake-ups; `do_chan` as `do_chan_with` and the runtime's handle, which is
 /// what `do_chan` does inside a Tokio runtime.
 fn chan_vs_work(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let handle = rt.handle().clone();
+    let rt = current_thread_runtime();
     let group: oneflight::Group<String, u64> = oneflight::Group::new();
     let mut bench = c.benchmark_group("chan_vs_work");
     for n in [1usize, 100, 1000] {
         bench.bench_with_input(BenchmarkId::new("work", n), &n, |b, &n| {
-            b.to_async(&rt).iter(|| async {
-                let joined = Arc::new(AtomicUsize::new(0));
-                let gate = Arc::new(AtomicWaker::new());
-                let calls = (0..n).map(|_| {
-                    let work = gated_on(joined.clone(), gate.clone(), n);
-                    let (joined, gate) = (joined.clone(), gate.clone());
-                    let mut call = Box::pin(group.work("key", work));
-                    let mut first = true;
-                    poll_fn(move |cx| {
-                        let polled = call.as_mut().poll(cx);
-                        if std::mem::take(&mut first)
-                            && joined.fetch_add(1, Ordering::SeqCst) + 1 == n
-                        {
-                            gate.wake();
-                        }
-                        polled
-                    })
-                });
-                black_box(futures_util::future::join_all(calls).await);
-            })
+            b.to_async(&rt).iter(|| work_followers(group.clone(), n))
         });
         bench.bench_with_input(BenchmarkId::new("do_chan", n), &n, |b, &n| {
-            b.to_async(&rt).iter(|| async {
-                let joined = Arc::new(AtomicUsize::new(0));
-                let gate = Arc::new(AtomicWaker::new());
-                let receivers: Vec<_> = (0..n)
-                    .map(|_| {
-                        let handle = handle.clone();
-                        let work = gated_on(joined.clone(), gate.clone(), n);
-                        group.do_chan_with("key", work, move |task| drop(handle.spawn(task)))
-                    })
-                    .collect();
-                joined.store(n, Ordering::SeqCst);
-                gate.wake();
-                for rx in receivers {
-                    black_box(rx.recv().await.unwrap());
-                }
-            })
+            b.to_async(&rt)
+                .iter(|| chan_receivers(group.clone(), rt.handle().clone(), n))
         });
+    }
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+/// N `work` callers of one flight, polled in one task; the work waits for all N.
+async fn work_followers(group: oneflight::Group<String, u64>, n: usize) {
+    let joined = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(AtomicWaker::new());
+    let calls = (0..n).map(|_| {
+        let work = gated_on(joined.clone(), gate.clone(), n);
+        let (joined, gate) = (joined.clone(), gate.clone());
+        let mut call = Box::pin(group.work("key", work));
+        let mut first = true;
+        poll_fn(move |cx| {
+            let polled = call.as_mut().poll(cx);
+            if std::mem::take(&mut first) && joined.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                gate.wake();
+            }
+            polled
+        })
+    });
+    black_box(futures_util::future::join_all(calls).await);
+}
+
+/// N `do_chan` callers of one flight, received from in one task; the work waits for all
+/// N. Spawned on `handle`, as `do_chan` inside a Tokio runtime does.
+async fn chan_receivers(
+    group: oneflight::Group<String, u64>,
+    handle: tokio::runtime::Handle,
+    n: usize,
+) {
+    let joined = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(AtomicWaker::new());
+    let receivers: Vec<_> = (0..n)
+        .map(|_| {
+            let handle = handle.clone();
+            let work = gated_on(joined.clone(), gate.clone(), n);
+            group.do_chan_with("key", work, move |task| drop(handle.spawn(task)))
+        })
+        .collect();
+    joined.store(n, Ordering::SeqCst);
+    gate.wake();
+    for rx in receivers {
+        black_box(rx.recv().await.unwrap());
     }
 }
 
@@ -827,11 +894,23 @@ fn best_peer(row: &Row) -> Option<f64> {
     (best.is_finite() && best > 0.0).then_some(best)
 }
 
+/// The medians of the interleaved rounds.
+struct Interleaved {
+    /// Per added caller, in `FAN_IN_BATCHES`' order.
+    fan_in: Vec<f64>,
+    fan_in_yield: Vec<f64>,
+    /// Per call, in `PEERS`' order.
+    mixed: Vec<f64>,
+    /// Per added caller of one flight, in one task.
+    work_follower: f64,
+    chan_receiver: f64,
+}
+
 fn summary(
     executions: &[(u64, u64)],
     heap: &[(u64, usize)],
     chan_bytes: u64,
-    interleaved: &[Vec<f64>; 2],
+    interleaved: &Interleaved,
 ) {
     let per_call = |group: &str, divisor: f64| -> Vec<Option<f64>> {
         PEERS
@@ -877,7 +956,7 @@ fn summary(
         Row {
             scenario: "gated fan-in, interleaved rounds, per added caller".into(),
             unit: "ns/caller",
-            values: interleaved[0][..PEERS.len()]
+            values: interleaved.fan_in[..PEERS.len()]
                 .iter()
                 .map(|&v| Some(v))
                 .collect(),
@@ -886,7 +965,7 @@ fn summary(
         Row {
             scenario: "gated fan-in (work yields), interleaved rounds".into(),
             unit: "ns/caller",
-            values: interleaved[1][..PEERS.len()]
+            values: interleaved.fan_in_yield[..PEERS.len()]
                 .iter()
                 .map(|&v| Some(v))
                 .collect(),
@@ -896,6 +975,12 @@ fn summary(
             scenario: "mixed: 64 tasks, 10,000 calls, 100 keys".into(),
             unit: "ns/call",
             values: per_call("mixed", MIXED_CALLS as f64),
+            target: Some(0.8),
+        },
+        Row {
+            scenario: "mixed, interleaved rounds".into(),
+            unit: "ns/call",
+            values: interleaved.mixed.iter().map(|&v| Some(v)).collect(),
             target: Some(0.8),
         },
         Row {
@@ -978,12 +1063,12 @@ fn summary(
         (
             "interleaved rounds",
             &rows[4],
-            [0, 1, 2].map(|f| Some(interleaved[0][PEERS.len() + f])),
+            [0, 1, 2].map(|f| Some(interleaved.fan_in[PEERS.len() + f])),
         ),
         (
             "interleaved rounds, work that yields",
             &rows[5],
-            [0, 1, 2].map(|f| Some(interleaved[1][PEERS.len() + f])),
+            [0, 1, 2].map(|f| Some(interleaved.fan_in_yield[PEERS.len() + f])),
         ),
     ] {
         let Some(best) = best_peer(row) else { continue };
@@ -1022,6 +1107,16 @@ fn summary(
             chan / work
         );
     }
+    let Interleaved {
+        work_follower,
+        chan_receiver,
+        ..
+    } = interleaved;
+    let _ = writeln!(
+        out,
+        "oneflight, one task, per added caller, interleaved rounds: `work` follower {work_follower:.0} ns, `do_chan` receiver {chan_receiver:.0} ns ({:.2}x; target <= 1.5x).",
+        chan_receiver / work_follower
+    );
     let per_item = |path: &str| median_ns(&format!("floor/{path}")).map(|ns| ns / CHANNELS as f64);
     if let (Some(work), Some(chan), Some(channel), Some(boxed), Some(lookup)) = (
         work_slope,
@@ -1137,16 +1232,17 @@ fn chart(rows: &[Row]) -> String {
 
 // ---------------------------------------------------------------------------------------
 
+/// The keys of `mixed`.
+fn mixed_keys() -> Arc<Vec<String>> {
+    Arc::new((0..MIXED_KEYS).map(|i| format!("user:{i:08}")).collect())
+}
+
 fn benches(c: &mut Criterion) {
     let string_keys: Vec<Box<str>> = (0..STRING_KEYS)
         .map(|i| format!("user:{i:08}").into_boxed_str())
         .collect();
     let u64_keys: Vec<Box<u64>> = (0..STRING_KEYS as u64).map(Box::new).collect();
-    let mixed_keys = Arc::new(
-        (0..MIXED_KEYS)
-            .map(|i| format!("user:{i:08}"))
-            .collect::<Vec<_>>(),
-    );
+    let mixed_keys = mixed_keys();
 
     uncontended::<str, oneflight::Group<String, u64>>(c, "uncontended_string", &string_keys);
     uncontended::<str, singleflight_async::SingleFlight<String, u64>>(
@@ -1214,6 +1310,13 @@ fn main() {
         executions_per_batch::<uniflight::Merger<String, u64>>(batches),
         executions_per_batch::<SharedMap<String>>(batches),
     ];
-    let interleaved = [interleaved_fan_in(false), interleaved_fan_in(true)];
+    let (work_follower, chan_receiver) = interleaved_chan_vs_work();
+    let interleaved = Interleaved {
+        fan_in: interleaved_fan_in(false),
+        fan_in_yield: interleaved_fan_in(true),
+        mixed: interleaved_mixed(&mixed_keys()),
+        work_follower,
+        chan_receiver,
+    };
     summary(&executions, &heap, do_chan_follower_bytes(), &interleaved);
 }
