@@ -7,8 +7,8 @@
 //! `chan_vs_work` again, apart from criterion, in rounds that alternate between the
 //! implementations, so that a machine whose speed drifts during the run weighs on all
 //! alike; then prints a summary table of medians and ratios (written to
-//! `target/criterion/peers-summary.md`) and draws the ratios as `docs/peers.svg`.
-//! Scenarios:
+//! `target/criterion/peers-summary.md`) and draws the ratios as `docs/peers.svg` (unless
+//! a filter left some figures from an earlier run). Scenarios:
 //!
 //! - `uncontended_*`: one task, sequential calls on distinct keys, ready future.
 //! - `fan_in_*`: N spawned callers on one key, the work gated until all N have joined;
@@ -852,12 +852,22 @@ fn do_chan_follower_bytes() -> u64 {
 // ---------------------------------------------------------------------------------------
 // Summary
 
+/// When this run started: estimates saved before it come from an earlier run.
+static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+
+/// Benchmarks whose estimates the summary read from an earlier run (a filtered run).
+static FROM_EARLIER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
 /// The median of one benchmark, in nanoseconds, from criterion's saved estimates.
 fn median_ns(path: &str) -> Option<f64> {
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let text =
-        std::fs::read_to_string(format!("{dir}/criterion/{path}/new/estimates.json")).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let file = format!("{dir}/criterion/{path}/new/estimates.json");
+    let saved = std::fs::metadata(&file).and_then(|m| m.modified()).ok()?;
+    if STARTED.get().is_some_and(|started| saved < *started) {
+        FROM_EARLIER_RUNS.fetch_add(1, Ordering::Relaxed);
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()?;
     json["median"]["point_estimate"].as_f64()
 }
 
@@ -1155,7 +1165,15 @@ fn summary(
     println!("\n{out}");
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let _ = std::fs::write(format!("{dir}/criterion/peers-summary.md"), &out);
-    let _ = std::fs::write("docs/peers.svg", chart(&rows));
+    // The chart shows one run: a filtered run leaves it as it was.
+    match FROM_EARLIER_RUNS.load(Ordering::Relaxed) {
+        0 => {
+            let _ = std::fs::write("docs/peers.svg", chart(&rows));
+        }
+        earlier => {
+            println!("{earlier} figures above come from earlier runs: docs/peers.svg not redrawn.")
+        }
+    }
 }
 
 /// A bar chart of each scenario's times relative to the best peer (1.0 = best peer).
@@ -1292,6 +1310,7 @@ criterion_group! {
 }
 
 fn main() {
+    STARTED.get_or_init(std::time::SystemTime::now);
     peers();
     Criterion::default().configure_from_args().final_summary();
     // Heap and execution counts are measured apart from the timings, on an idle machine.
