@@ -285,6 +285,28 @@ impl Peer<str> for OneKeyFloor {
     }
 }
 
+/// `[f::<P>(args), ...]` over the peers with `String` keys, in `PEERS`' order: the one
+/// place that lists them by type.
+macro_rules! each_peer {
+    ($f:ident($($arg:expr),*)) => {
+        [
+            $f::<oneflight::Group<String, u64>>($($arg),*),
+            $f::<singleflight_async::SingleFlight<String, u64>>($($arg),*),
+            $f::<async_singleflight::UnaryGroup<String, u64>>($($arg),*),
+            $f::<uniflight::Merger<String, u64>>($($arg),*),
+            $f::<SharedMap<String>>($($arg),*),
+        ]
+    };
+}
+
+const PEERS: [&str; 5] = [
+    "oneflight",
+    "singleflight-async",
+    "async_singleflight",
+    "uniflight",
+    "Shared-in-Mutex-HashMap",
+];
+
 // ---------------------------------------------------------------------------------------
 // Scenarios
 
@@ -438,27 +460,20 @@ fn per_added_caller(rt: &tokio::runtime::Runtime, batch: &Batch) -> f64 {
     (batch_ns(rt, batch, 1_000, 10) - one) / 999.0
 }
 
-/// What the interleaved fan-in rounds time: the peers in `PEERS`' order, then the
-/// floors: the one-key singleflight, spawning only, and spawning with one event wait and
-/// wake.
-const FAN_IN_BATCHES: usize = PEERS.len() + 3;
-
-/// Gated fan-in per added caller, in interleaved rounds, in `FAN_IN_BATCHES`' order.
+/// Gated fan-in per added caller, in interleaved rounds: the peers in `PEERS`' order, then
+/// the floors: the one-key singleflight, spawning only, and spawning with one event wait
+/// and wake.
 fn interleaved_fan_in(yields: bool) -> Vec<f64> {
     fn peer<P: Peer<str>>(yields: bool) -> Batch {
         let peer = Arc::new(P::create());
         Box::new(move |n| gated_batch(peer.clone(), n, yields).map(drop).boxed())
     }
-    let batches: [Batch; FAN_IN_BATCHES] = [
-        peer::<oneflight::Group<String, u64>>(yields),
-        peer::<singleflight_async::SingleFlight<String, u64>>(yields),
-        peer::<async_singleflight::UnaryGroup<String, u64>>(yields),
-        peer::<uniflight::Merger<String, u64>>(yields),
-        peer::<SharedMap<String>>(yields),
+    let floors: [Batch; 3] = [
         peer::<OneKeyFloor>(yields),
         Box::new(|n| spawn_only(n).boxed()),
         Box::new(|n| spawn_listen_wake(n).boxed()),
     ];
+    let batches: Vec<Batch> = each_peer!(peer(yields)).into_iter().chain(floors).collect();
     let rt = runtime();
     interleaved(&batches, |batch| per_added_caller(&rt, batch))
 }
@@ -469,13 +484,7 @@ fn interleaved_mixed(keys: &Arc<Vec<String>>) -> Vec<f64> {
         let (peer, keys) = (Arc::new(P::create()), keys.clone());
         Box::new(move |_| mixed_batch(peer.clone(), keys.clone()).boxed())
     }
-    let batches: [Batch; PEERS.len()] = [
-        peer::<oneflight::Group<String, u64>>(keys),
-        peer::<singleflight_async::SingleFlight<String, u64>>(keys),
-        peer::<async_singleflight::UnaryGroup<String, u64>>(keys),
-        peer::<uniflight::Merger<String, u64>>(keys),
-        peer::<SharedMap<String>>(keys),
-    ];
+    let batches = each_peer!(peer(keys));
     let rt = runtime();
     interleaved(&batches, |batch| {
         batch_ns(&rt, batch, MIXED_CALLS, 2) / MIXED_CALLS as f64
@@ -633,8 +642,8 @@ const SPAWN_ONLY: &str = "spawn only";
 /// Spawning, and one `event-listener` wait and wake per task.
 const SPAWN_LISTEN_WAKE: &str = "spawn+listen+wake";
 
-/// The floor under gated fan-in: N spawned tasks that each wait on one event and are
-/// all woken by the last to arrive, with no singleflight logic at all.
+/// The floors under gated fan-in with no singleflight logic at all: N spawned tasks
+/// alone, and N spawned tasks that each wait on one event, woken all at once.
 fn floor_fan_in(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("floor_fan_in");
@@ -871,14 +880,6 @@ fn median_ns(path: &str) -> Option<f64> {
     json["median"]["point_estimate"].as_f64()
 }
 
-const PEERS: [&str; 5] = [
-    "oneflight",
-    "singleflight-async",
-    "async_singleflight",
-    "uniflight",
-    "Shared-in-Mutex-HashMap",
-];
-
 /// One row of the summary: a metric per peer, lower is better.
 struct Row {
     scenario: String,
@@ -906,7 +907,7 @@ fn best_peer(row: &Row) -> Option<f64> {
 
 /// The medians of the interleaved rounds.
 struct Interleaved {
-    /// Per added caller, in `FAN_IN_BATCHES`' order.
+    /// Per added caller, in `interleaved_fan_in`'s order.
     fan_in: Vec<f64>,
     fan_in_yield: Vec<f64>,
     /// Per call, in `PEERS`' order.
@@ -1283,19 +1284,11 @@ fn benches(c: &mut Criterion) {
     uncontended::<u64, SharedMap<u64>>(c, "uncontended_u64", &u64_keys);
 
     for yields in [false, true] {
-        fan_in::<oneflight::Group<String, u64>>(c, yields);
-        fan_in::<singleflight_async::SingleFlight<String, u64>>(c, yields);
-        fan_in::<async_singleflight::UnaryGroup<String, u64>>(c, yields);
-        fan_in::<uniflight::Merger<String, u64>>(c, yields);
-        fan_in::<SharedMap<String>>(c, yields);
+        each_peer!(fan_in(c, yields));
         fan_in::<OneKeyFloor>(c, yields);
     }
 
-    mixed::<oneflight::Group<String, u64>>(c, &mixed_keys);
-    mixed::<singleflight_async::SingleFlight<String, u64>>(c, &mixed_keys);
-    mixed::<async_singleflight::UnaryGroup<String, u64>>(c, &mixed_keys);
-    mixed::<uniflight::Merger<String, u64>>(c, &mixed_keys);
-    mixed::<SharedMap<String>>(c, &mixed_keys);
+    each_peer!(mixed(c, &mixed_keys));
 
     floor_mixed(c);
     chan_vs_work(c);
@@ -1314,21 +1307,8 @@ fn main() {
     peers();
     Criterion::default().configure_from_args().final_summary();
     // Heap and execution counts are measured apart from the timings, on an idle machine.
-    let heap = vec![
-        follower_cost::<oneflight::Group<String, u64>>(),
-        follower_cost::<singleflight_async::SingleFlight<String, u64>>(),
-        follower_cost::<async_singleflight::UnaryGroup<String, u64>>(),
-        follower_cost::<uniflight::Merger<String, u64>>(),
-        follower_cost::<SharedMap<String>>(),
-    ];
-    let batches = 20;
-    let executions = vec![
-        executions_per_batch::<oneflight::Group<String, u64>>(batches),
-        executions_per_batch::<singleflight_async::SingleFlight<String, u64>>(batches),
-        executions_per_batch::<async_singleflight::UnaryGroup<String, u64>>(batches),
-        executions_per_batch::<uniflight::Merger<String, u64>>(batches),
-        executions_per_batch::<SharedMap<String>>(batches),
-    ];
+    let heap = each_peer!(follower_cost());
+    let executions = each_peer!(executions_per_batch(20));
     let (work_follower, chan_receiver) = interleaved_chan_vs_work();
     let interleaved = Interleaved {
         fan_in: interleaved_fan_in(false),
