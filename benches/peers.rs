@@ -880,6 +880,11 @@ fn median_ns(path: &str) -> Option<f64> {
     json["median"]["point_estimate"].as_f64()
 }
 
+/// Nanoseconds per added caller of a benchmark measured with 1 and 1,000 callers.
+fn slope_ns(path: &str) -> Option<f64> {
+    Some((median_ns(&format!("{path}/1000"))? - median_ns(&format!("{path}/1"))?) / 999.0)
+}
+
 /// One row of the summary: a metric per peer, lower is better.
 struct Row {
     scenario: String,
@@ -932,11 +937,7 @@ fn summary(
     let slope = |group: &str| -> Vec<Option<f64>> {
         PEERS
             .iter()
-            .map(|p| {
-                let one = median_ns(&format!("{group}/{p}/1"))?;
-                let thousand = median_ns(&format!("{group}/{p}/1000"))?;
-                Some((thousand - one) / 999.0)
-            })
+            .map(|p| slope_ns(&format!("{group}/{p}")))
             .collect()
     };
     let rows = vec![
@@ -1053,11 +1054,6 @@ fn summary(
         "| executions per gated batch of 1,000 | count | {} | | 1 |",
         cells.join(" | ")
     );
-    let floor_slope = |path: &str| {
-        median_ns(&format!("{path}/1000"))
-            .zip(median_ns(&format!("{path}/1")))
-            .map(|(a, b)| (a - b) / 999.0)
-    };
     let floor_mixed = median_ns("mixed/floor").map(|ns| ns / MIXED_CALLS as f64);
     let _ = writeln!(out);
     // The floors, each against the best peer of the same measurement: criterion's fan-in
@@ -1068,7 +1064,7 @@ fn summary(
         format!("floor_fan_in/{SPAWN_ONLY}"),
         format!("floor_fan_in/{SPAWN_LISTEN_WAKE}"),
     ]
-    .map(|path| floor_slope(&path));
+    .map(|path| slope_ns(&path));
     for (measured, row, floors) in [
         ("criterion", &rows[2], criterion_floors),
         (
@@ -1104,12 +1100,8 @@ fn summary(
             "floor under mixed (same tasks, one yield per call, no singleflight): {ns:.0} ns per call."
         );
     }
-    let work_slope = median_ns("chan_vs_work/work/1000")
-        .zip(median_ns("chan_vs_work/work/1"))
-        .map(|(a, b)| (a - b) / 999.0);
-    let chan_slope = median_ns("chan_vs_work/do_chan/1000")
-        .zip(median_ns("chan_vs_work/do_chan/1"))
-        .map(|(a, b)| (a - b) / 999.0);
+    let work_slope = slope_ns("chan_vs_work/work");
+    let chan_slope = slope_ns("chan_vs_work/do_chan");
     let _ = writeln!(out);
     if let (Some(work), Some(chan)) = (work_slope, chan_slope) {
         let _ = writeln!(
