@@ -1161,7 +1161,10 @@ fn summary(
     // The chart shows one run: a filtered run leaves it as it was.
     match FROM_EARLIER_RUNS.load(Ordering::Relaxed) {
         0 => {
-            let _ = std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/peers.svg"), chart(&rows));
+            let _ = std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/peers.svg"),
+                chart(&rows),
+            );
         }
         earlier => {
             println!("{earlier} figures above come from earlier runs: docs/peers.svg not redrawn.")

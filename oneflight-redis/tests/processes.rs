@@ -282,7 +282,7 @@ fn healthy_burst_loads_each_key_once_in_the_fleet() {
     let replicas: Vec<Replica> = (0..4).map(|_| setup.start(&[])).collect();
     setup.wait_ready(4);
     setup.scratch.go();
-    let reports: Vec<Report> = replicas.into_iter().map(|r| r.finish(LIMIT)).collect();
+    let reports: Vec<Report> = replicas.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     let loads = setup.scratch.loads();
     assert_eq!(
         loads.len(),
@@ -333,9 +333,9 @@ fn a_killed_holder_is_replaced_within_lease_and_one_poll() {
     let holder_pid = holder.pid();
     signal(holder_pid, "KILL");
     let killed_at = now_ms();
-    holder.kill();
+    drop(holder);
     setup.wait_loads(2);
-    let reports: Vec<Report> = waiters.into_iter().map(|r| r.finish(LIMIT)).collect();
+    let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     let loads = setup.scratch.loads();
     assert_eq!(loads.len(), 2, "{loads:?}");
     let takeover_ms = loads[1].start_ms - killed_at;
@@ -375,10 +375,10 @@ fn a_paused_holder_cannot_overwrite_the_flight_that_replaced_it() {
     ) else {
         return;
     };
-    let (holder, waiters) = setup.holder_then_waiters(&[], 3);
+    let (mut holder, waiters) = setup.holder_then_waiters(&[], 3);
     signal(holder.pid(), "STOP");
     // The lease runs out; a waiter takes over, loads and publishes; the others get it.
-    let reports: Vec<Report> = waiters.into_iter().map(|r| r.finish(LIMIT)).collect();
+    let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     signal(holder.pid(), "CONT");
     let held = holder.finish(LIMIT);
     let loads = setup.scratch.loads();
@@ -417,7 +417,7 @@ fn a_holder_whose_callers_all_left_releases_its_lease_at_once() {
     ) else {
         return;
     };
-    let (holder, waiters) = setup.holder_then_waiters(&[("CALLER_TIMEOUT_MS", "1500")], 3);
+    let (mut holder, waiters) = setup.holder_then_waiters(&[("CALLER_TIMEOUT_MS", "1500")], 3);
     let held = holder.finish(LIMIT);
     assert_eq!(
         (held.num("timed_out"), held.num("served")),
@@ -425,7 +425,7 @@ fn a_holder_whose_callers_all_left_releases_its_lease_at_once() {
         "{held:?}"
     );
     setup.wait_loads(2);
-    let reports: Vec<Report> = waiters.into_iter().map(|r| r.finish(LIMIT)).collect();
+    let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     let loads = setup.scratch.loads();
     assert_eq!(loads.len(), 2, "{loads:?}");
     let takeover_ms = loads[1].start_ms - u128::from(held.num("cancelled_at_ms"));
@@ -463,9 +463,9 @@ fn a_panicking_load_stays_in_its_process_and_another_takes_over() {
     ) else {
         return;
     };
-    let (holder, waiters) = setup.holder_then_waiters(&[], 3);
+    let (mut holder, waiters) = setup.holder_then_waiters(&[], 3);
     let held = holder.finish(LIMIT);
-    let reports: Vec<Report> = waiters.into_iter().map(|r| r.finish(LIMIT)).collect();
+    let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     assert_eq!(
         (held.num("panicked"), held.num("served")),
         (20, 0),
@@ -509,9 +509,9 @@ fn a_try_work_error_stays_in_its_process_and_another_takes_over() {
     ) else {
         return;
     };
-    let (holder, waiters) = setup.holder_then_waiters(&[], 3);
+    let (mut holder, waiters) = setup.holder_then_waiters(&[], 3);
     let held = holder.finish(LIMIT);
-    let reports: Vec<Report> = waiters.into_iter().map(|r| r.finish(LIMIT)).collect();
+    let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     // Every caller of the holder's flight got the error, as one shared Arc.
     assert_eq!(
         (
@@ -557,7 +557,7 @@ fn redis_away_mid_flight(name: &str, how: impl FnOnce(&mut Server)) {
     ) else {
         return;
     };
-    let (holder, waiters) = setup.holder_then_waiters(&[], 3);
+    let (mut holder, waiters) = setup.holder_then_waiters(&[], 3);
     how(&mut setup.server);
     // Phase 1 ends in every process; then, Redis back, phase 2.
     wait_until("phase 1 to end", LIMIT, || {
@@ -567,7 +567,7 @@ fn redis_away_mid_flight(name: &str, how: impl FnOnce(&mut Server)) {
     std::thread::sleep(Duration::from_millis(1600)); // the slowest phase-1 load ends
     std::fs::write(setup.scratch.0.join("go2"), b"").unwrap();
     let mut reports = vec![holder.finish(LIMIT)];
-    reports.extend(waiters.into_iter().map(|r| r.finish(LIMIT)));
+    reports.extend(waiters.into_iter().map(|mut r| r.finish(LIMIT)));
     let loads = setup.scratch.loads();
     let phase1: Vec<_> = loads.iter().filter(|l| l.phase == 1).collect();
     let phase2: Vec<_> = loads.iter().filter(|l| l.phase == 2).collect();
@@ -638,7 +638,7 @@ fn waiters_finish_by_polling_when_pubsub_is_killed() {
     ) else {
         return;
     };
-    let (holder, waiters) = setup.holder_then_waiters(&[], 3);
+    let (mut holder, waiters) = setup.holder_then_waiters(&[], 3);
     let killed: u64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -647,7 +647,7 @@ fn waiters_finish_by_polling_when_pubsub_is_killed() {
         .unwrap();
     assert!(killed >= 3, "killed {killed} subscribers");
     let held = holder.finish(LIMIT);
-    let reports: Vec<Report> = waiters.into_iter().map(|r| r.finish(LIMIT)).collect();
+    let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     let loads = setup.scratch.loads();
     assert_eq!(loads.len(), 1, "{loads:?}");
     assert_eq!(held.num("served"), 20);

@@ -65,13 +65,11 @@ impl Server {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = self
+            let connection = self
                 .client()
-                .get_connection_with_timeout(Duration::from_millis(200))
-            {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
+                .get_connection_with_timeout(Duration::from_millis(200));
+            if connection.is_ok_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok()) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -81,11 +79,12 @@ impl Server {
         }
     }
 
-    /// Kills the server (SIGKILL) and starts a new one on the same port, empty.
+    /// Kills the server (SIGKILL).
     pub fn kill(&mut self) {
         self.server.stop();
     }
 
+    /// Starts a new server on the same port, empty.
     pub fn restart(&mut self) {
         let addr = self.server.client_addr().clone();
         self.server = RedisServer::new_with_addr_and_modules(addr, &[], false);
@@ -230,9 +229,17 @@ pub fn record_load(dir: &Path, key: &str, phase: u32) {
         .unwrap();
 }
 
-/// A replica: this test binary re-executed to run only `test_name` with `env`.
+/// A replica: this test binary re-executed to run only `test_name` with `env`. Killed on
+/// drop, so that a failing test leaves no process behind.
 pub struct Replica {
-    pub child: Child,
+    child: Child,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Replica {
@@ -254,7 +261,7 @@ impl Replica {
     }
 
     /// Waits for the replica to exit (bounded) and returns its report line's fields.
-    pub fn finish(mut self, limit: Duration) -> Report {
+    pub fn finish(&mut self, limit: Duration) -> Report {
         let deadline = Instant::now() + limit;
         loop {
             match self.child.try_wait().unwrap() {
@@ -266,19 +273,14 @@ impl Replica {
                 None => std::thread::sleep(Duration::from_millis(10)),
             }
         }
-        let output = self.child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
         // libtest prints `test replica ... ` on the line that the report then starts.
         let line = stdout
             .lines()
             .find_map(|l| l.find("report pid=").map(|at| &l[at..]));
         let line = line.unwrap_or_else(|| panic!("no report in:\n{stdout}"));
         Report::parse(line)
-    }
-
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
