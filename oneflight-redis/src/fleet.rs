@@ -29,7 +29,7 @@ use std::time::Instant;
 use crate::builder::Config;
 use crate::notify::{Notifier, Registration};
 use crate::stats::Counters;
-use crate::store::{Acquired, Failure, Names, Store};
+use crate::store::{Acquired, Failure, Names, Store, Transport};
 use crate::{FleetBuilder, FleetError, FleetStats, OnRedisError, runtime};
 
 /// An error shared between the callers of one flight in this process, of the type its
@@ -59,7 +59,9 @@ pub struct Fleet<V> {
 struct Inner<V> {
     /// The in-process tier: callers of this process meet here first.
     group: Group<String, Local<V>>,
-    store: Arc<Store>,
+    store: Arc<dyn Transport>,
+    /// The namespace, for the Redis keys of each flight.
+    namespace: String,
     notifier: Arc<Notifier>,
     config: Config,
     counters: Counters,
@@ -98,21 +100,28 @@ impl<V> Fleet<V> {
     }
 
     pub(crate) fn from_parts(client: redis::Client, namespace: &str, config: Config) -> Self {
-        let store = Arc::new(Store::new(
-            client.clone(),
-            namespace,
-            config.command_timeout,
-        ));
+        let store = Store::new(client.clone(), namespace, config.command_timeout);
         let notifier = Notifier::new(
             client,
             store.channel.clone(),
             config.command_timeout,
             config.retry_redis_after,
         );
+        Self::with_transport(Arc::new(store), notifier, namespace, config)
+    }
+
+    /// A fleet on any transport: Redis, or memory in the model test.
+    pub(crate) fn with_transport(
+        store: Arc<dyn Transport>,
+        notifier: Notifier,
+        namespace: &str,
+        config: Config,
+    ) -> Self {
         Fleet {
             inner: Arc::new(Inner {
                 group: Group::new(),
                 store,
+                namespace: namespace.to_owned(),
                 notifier: Arc::new(notifier),
                 config,
                 counters: Counters::default(),
@@ -308,7 +317,7 @@ where
                 .without_redis(load, fail, "resting after a redis failure".to_owned())
                 .await;
         }
-        let names = self.store.names(key);
+        let names = Names::new(&self.namespace, key);
         let deadline = Instant::now() + self.config.max_wait;
         // The flight this process waits on, and its registration for pub/sub hints.
         let mut waited: Option<(String, Registration)> = None;
@@ -475,7 +484,7 @@ where
 
 /// Gives a lease up from a spawned task when the holder goes away before publishing.
 struct Release {
-    store: Arc<Store>,
+    store: Arc<dyn Transport>,
     names: Names,
     /// The lease's token while it still needs releasing.
     token: Option<String>,
@@ -504,7 +513,7 @@ impl<V> Clone for Fleet<V> {
 impl<V> fmt::Debug for Fleet<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fleet")
-            .field("channel", &self.inner.store.channel)
+            .field("namespace", &self.inner.namespace)
             .field("in_flight_here", &self.inner.group.in_flight())
             .field("stats", &self.stats())
             .finish_non_exhaustive()

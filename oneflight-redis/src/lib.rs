@@ -133,3 +133,5 @@ pub use error::FleetError;
 pub use fleet::Fleet;
 pub use redis;
 pub use stats::FleetStats;
+#[cfg(test)]
+mod model;

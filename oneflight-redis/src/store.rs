@@ -13,6 +13,7 @@
 //! Ends of flights (published or released) are announced on the namespace's channel
 //! `oneflight:ns:done`, the message being the flight's token: a hint only.
 
+use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use std::sync::{Mutex, PoisonError};
@@ -105,13 +106,19 @@ pub(crate) struct Names {
 }
 
 impl Names {
-    fn lease(&self) -> String {
+    pub(crate) fn new(namespace: &str, key: &str) -> Self {
+        Names {
+            prefix: format!("oneflight:{{{namespace}:{key}}}:"),
+        }
+    }
+
+    pub(crate) fn lease(&self) -> String {
         format!("{}lease", self.prefix)
     }
-    fn fence(&self) -> String {
+    pub(crate) fn fence(&self) -> String {
         format!("{}fence", self.prefix)
     }
-    fn value(&self, token: &str) -> String {
+    pub(crate) fn value(&self, token: &str) -> String {
         format!("{}value:{token}", self.prefix)
     }
 }
@@ -119,11 +126,45 @@ impl Names {
 /// A Redis error or timeout, as text for [`FleetError`](crate::FleetError).
 pub(crate) type Failure = String;
 
+/// The protocol's four operations: on Redis ([`Store`]), or in memory for the model test
+/// of the protocol. Each has the meaning of the script of the same name above.
+pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes the lease of a new flight, or learns who holds it; a waiter names the token
+    /// it waited on and gets that flight's value when it is there.
+    fn acquire<'a>(
+        &'a self,
+        names: &'a Names,
+        waited: Option<&'a str>,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Acquired, Failure>>;
+    /// Publishes `payload` as the value of the flight `token`; `Ok(false)` when the lease
+    /// is no longer this flight's.
+    fn publish<'a>(
+        &'a self,
+        names: &'a Names,
+        token: &'a str,
+        payload: Vec<u8>,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<bool, Failure>>;
+    /// Extends the lease of the flight `token`; `Ok(false)` when it was lost.
+    fn renew<'a>(
+        &'a self,
+        names: &'a Names,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, Failure>>;
+    /// Gives up the lease of the flight `token` and wakes its waiters.
+    fn release<'a>(
+        &'a self,
+        names: &'a Names,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Failure>>;
+}
+
 /// The connection to Redis and the scripts, shared by a fleet's clones and its tasks.
 #[derive(Debug)]
 pub(crate) struct Store {
     client: Client,
-    namespace: String,
     /// `oneflight:ns:done`: where ends of flights are announced.
     pub(crate) channel: String,
     command_timeout: Duration,
@@ -145,7 +186,6 @@ impl Store {
     pub(crate) fn new(client: Client, namespace: &str, command_timeout: Duration) -> Self {
         Store {
             client,
-            namespace: namespace.to_owned(),
             channel: format!("oneflight:{namespace}:done"),
             command_timeout,
             connection: Mutex::new(None),
@@ -156,82 +196,6 @@ impl Store {
                 release: Script::new(RELEASE),
             },
         }
-    }
-
-    pub(crate) fn names(&self, key: &str) -> Names {
-        Names {
-            prefix: format!("oneflight:{{{}:{key}}}:", self.namespace),
-        }
-    }
-
-    /// Takes the lease of a new flight, or learns who holds it; a waiter names the token
-    /// it waited on and gets that flight's value when it is there.
-    pub(crate) async fn acquire(
-        &self,
-        names: &Names,
-        waited: Option<&str>,
-        lease: Duration,
-    ) -> Result<Acquired, Failure> {
-        let nonce = format!("{:016x}", random_u64());
-        let waited = waited.unwrap_or("");
-        let mut call = self.scripts.acquire.key(names.lease());
-        call.key(names.fence()).key(names.value(waited));
-        call.arg(millis(lease))
-            .arg(nonce)
-            .arg(waited)
-            .arg(millis(FENCE_MEMORY));
-        let reply: Vec<Vec<u8>> = self
-            .run(|mut c| async move { call.invoke_async(&mut c).await })
-            .await?;
-        match <[Vec<u8>; 2]>::try_from(reply) {
-            Ok([kind, body]) => match kind.as_slice() {
-                b"value" => Ok(Acquired::Value(body)),
-                b"wait" => Ok(Acquired::Wait(String::from_utf8_lossy(&body).into_owned())),
-                b"hold" => Ok(Acquired::Hold(String::from_utf8_lossy(&body).into_owned())),
-                _ => Err("unexpected reply from the acquire script".to_owned()),
-            },
-            Err(_) => Err("unexpected reply from the acquire script".to_owned()),
-        }
-    }
-
-    /// Publishes `payload` as the value of the flight `token`; `Ok(false)` when the lease
-    /// is no longer this flight's.
-    pub(crate) async fn publish(
-        &self,
-        names: &Names,
-        token: &str,
-        payload: Vec<u8>,
-        retention: Duration,
-    ) -> Result<bool, Failure> {
-        let mut call = self.scripts.publish.key(names.lease());
-        call.key(names.value(token));
-        call.arg(token)
-            .arg(payload)
-            .arg(millis(retention))
-            .arg(&self.channel);
-        self.run(|mut c| async move { call.invoke_async(&mut c).await })
-            .await
-    }
-
-    /// Extends the lease of the flight `token`; `Ok(false)` when it was lost.
-    pub(crate) async fn renew(
-        &self,
-        names: &Names,
-        token: &str,
-        lease: Duration,
-    ) -> Result<bool, Failure> {
-        let mut call = self.scripts.renew.key(names.lease());
-        call.arg(token).arg(millis(lease));
-        self.run(|mut c| async move { call.invoke_async(&mut c).await })
-            .await
-    }
-
-    /// Gives up the lease of the flight `token` and wakes its waiters.
-    pub(crate) async fn release(&self, names: &Names, token: &str) -> Result<bool, Failure> {
-        let mut call = self.scripts.release.key(names.lease());
-        call.arg(token).arg(&self.channel);
-        self.run(|mut c| async move { call.invoke_async(&mut c).await })
-            .await
     }
 
     /// Runs one command on the shared connection, connecting first if needed, all within
@@ -294,4 +258,82 @@ fn random_u64() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     RandomState::new().hash_one((COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id()))
+}
+
+impl Transport for Store {
+    fn acquire<'a>(
+        &'a self,
+        names: &'a Names,
+        waited: Option<&'a str>,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Acquired, Failure>> {
+        Box::pin(async move {
+            let nonce = format!("{:016x}", random_u64());
+            let waited = waited.unwrap_or("");
+            let mut call = self.scripts.acquire.key(names.lease());
+            call.key(names.fence()).key(names.value(waited));
+            call.arg(millis(lease))
+                .arg(nonce)
+                .arg(waited)
+                .arg(millis(FENCE_MEMORY));
+            let reply: Vec<Vec<u8>> = self
+                .run(|mut c| async move { call.invoke_async(&mut c).await })
+                .await?;
+            match <[Vec<u8>; 2]>::try_from(reply) {
+                Ok([kind, body]) => match kind.as_slice() {
+                    b"value" => Ok(Acquired::Value(body)),
+                    b"wait" => Ok(Acquired::Wait(String::from_utf8_lossy(&body).into_owned())),
+                    b"hold" => Ok(Acquired::Hold(String::from_utf8_lossy(&body).into_owned())),
+                    _ => Err("unexpected reply from the acquire script".to_owned()),
+                },
+                Err(_) => Err("unexpected reply from the acquire script".to_owned()),
+            }
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        names: &'a Names,
+        token: &'a str,
+        payload: Vec<u8>,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<bool, Failure>> {
+        Box::pin(async move {
+            let mut call = self.scripts.publish.key(names.lease());
+            call.key(names.value(token));
+            call.arg(token)
+                .arg(payload)
+                .arg(millis(retention))
+                .arg(&self.channel);
+            self.run(|mut c| async move { call.invoke_async(&mut c).await })
+                .await
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        names: &'a Names,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, Failure>> {
+        Box::pin(async move {
+            let mut call = self.scripts.renew.key(names.lease());
+            call.arg(token).arg(millis(lease));
+            self.run(|mut c| async move { call.invoke_async(&mut c).await })
+                .await
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        names: &'a Names,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Failure>> {
+        Box::pin(async move {
+            let mut call = self.scripts.release.key(names.lease());
+            call.arg(token).arg(&self.channel);
+            self.run(|mut c| async move { call.invoke_async(&mut c).await })
+                .await
+        })
+    }
 }
