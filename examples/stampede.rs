@@ -310,14 +310,23 @@ async fn stampede(
                 let value = match cache.get(&key) {
                     Some(hit) => Ok(hit),
                     None => {
-                        let miss = pool.lookup(&rt2, category);
-                        let value = if deduplicate {
+                        // The miss fills the cache inside the flight, and checks it again
+                        // first: a caller that missed the cache just as a flight ended
+                        // finds the value instead of querying again. Filled after `work`
+                        // returned, a second query could start in between.
+                        let miss = async {
+                            if let Some(hit) = cache.get(&key) {
+                                return Ok(hit);
+                            }
+                            let value = pool.lookup(&rt2, category).await;
+                            cache.put(&key, &value);
+                            value
+                        };
+                        if deduplicate {
                             group.work(&key, miss).await
                         } else {
                             miss.await
-                        };
-                        cache.put(&key, &value);
-                        value
+                        }
                     }
                 };
                 let latency = asked.elapsed();

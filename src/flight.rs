@@ -57,6 +57,8 @@ pub(crate) struct Flight<V> {
     pub(crate) phase: Phase,
     /// Callers that ever joined, the first included (`shared` is `joined > 1`).
     joined: usize,
+    /// Runs started: 1 for the first caller's, plus one per takeover.
+    pub(crate) runs: u64,
     /// `work` callers waiting now (the runner not included).
     waiting: usize,
     /// What waiting `work` callers listen on; allocated when the first of them joins.
@@ -141,6 +143,7 @@ impl<V> Flight<V> {
             id,
             phase: Phase::Running,
             joined: 1,
+            runs: 1,
             waiting: 0,
             waiters: None,
             channels: None,
@@ -203,6 +206,7 @@ impl<V> Flight<V> {
         debug_assert_ne!(self.phase, Phase::Ended, "ended flights are unreachable");
         if self.phase == Phase::Vacant {
             self.phase = Phase::Running;
+            self.runs += 1;
             return true;
         }
         false
@@ -269,6 +273,7 @@ impl<V> Flight<V> {
                 let gone = standby.split_off(live + 1);
                 let next = standby.pop().expect("rposition found it");
                 self.phase = Phase::Running;
+                self.runs += 1;
                 return Handover::Start(next, gone);
             }
         }

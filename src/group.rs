@@ -19,6 +19,8 @@ use hashbrown::hash_table::Entry as Slot;
 
 use crate::flight::{Flight, FlightId, Phase, Start, Waiters, drop_quietly};
 use crate::outcome::{Outcome, Panicked};
+use crate::reentrance;
+use crate::stats::Stats;
 use crate::sync::{Arc, Mutex, MutexGuard, Ordering};
 
 /// A namespace of flights: duplicate call suppression for one kind of work.
@@ -68,6 +70,8 @@ struct Flights<K, V> {
     forgotten: HashMap<u64, Flight<V>>,
     /// The id of the next flight.
     next_id: u64,
+    /// What happened to this shard's flights.
+    counts: Stats,
 }
 
 /// A flight in the map.
@@ -118,6 +122,7 @@ impl<K, V, S> Group<K, V, S> {
                             table: HashTable::new(),
                             forgotten: HashMap::new(),
                             next_id: 0,
+                            counts: Stats::default(),
                         }))
                     })
                     .collect(),
@@ -141,6 +146,26 @@ impl<K, V, S> Group<K, V, S> {
     pub fn in_flight(&self) -> usize {
         let shards = self.inner.shards.iter();
         shards.map(|shard| lock(&shard.0).table.len()).sum()
+    }
+
+    /// The counters since this group was created, shared by its clones; see [`Stats`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// let group: oneflight::Group<String, u32> = oneflight::Group::new();
+    /// group.work("a", async { 1 }).await;
+    /// group.work("a", async { 2 }).await; // the first flight ended: a new one
+    /// assert_eq!(group.stats().flights, 2);
+    /// assert_eq!(group.stats().joined, 0);
+    /// # });
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let shards = self.inner.shards.iter();
+        shards.fold(Stats::default(), |sum, shard| {
+            sum.add(lock(&shard.0).counts)
+        })
     }
 }
 
@@ -347,6 +372,7 @@ where
     /// let outcome = futures_executor::block_on(executor.run(rx.recv())).unwrap();
     /// assert_eq!(outcome, oneflight::Outcome { value: 42, shared: false });
     /// ```
+    #[track_caller]
     pub fn do_chan_with<Q, F, P>(&self, key: &Q, fut: F, spawn: P) -> Receiver<Outcome<V>>
     where
         Q: ?Sized + Hash + Eq + ToOwned,
@@ -451,6 +477,7 @@ where
         docsrs,
         doc(cfg(any(feature = "smol", feature = "async-std", feature = "tokio")))
     )]
+    #[track_caller]
     pub fn do_chan<Q, F>(&self, key: &Q, fut: F) -> Receiver<Outcome<V>>
     where
         Q: ?Sized + Hash + Eq + ToOwned,
@@ -461,6 +488,63 @@ where
     {
         let spawner = crate::runtime::Spawner::current();
         self.do_chan_with(key, fut, move |task| spawner.spawn(task))
+    }
+}
+
+impl<K, T, E, S> Group<K, Result<T, Arc<E>>, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+    T: Clone,
+{
+    /// Like [`work`](Self::work), for loaders that can fail: on a group whose values are
+    /// `Result<T, Arc<E>>`, runs `fut` (which returns `Result<T, E>`) unless a flight for
+    /// `key` is in the air, and returns that flight's result.
+    ///
+    /// An `Err` goes to every caller of that flight, the runner included, as one shared
+    /// `Arc<E>` (the same pointer for all), as moka's `try_get_with` does. It is not
+    /// retried, and not kept after the flight: the next call of the key starts a new
+    /// flight. `E` needs no `Clone`. `try_work` and `work` mix freely on one group.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`work`](Self::work): dropping the future is always safe and costs other
+    /// callers nothing; a cancelled runner hands the flight to a waiting caller.
+    ///
+    /// # Panics
+    ///
+    /// As [`work`](Self::work): a panic of the flight's future reaches its runner
+    /// unchanged and every waiting caller as [`Panicked`]; a re-entrant call panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use oneflight::Group;
+    /// use std::sync::Arc;
+    ///
+    /// async fn load_user(id: u64) -> Result<String, std::io::Error> {
+    ///     smol::future::yield_now().await; // the database takes a while, then fails
+    ///     Err(std::io::Error::other(format!("user {id}: database down")))
+    /// }
+    ///
+    /// # futures_executor::block_on(async {
+    /// let group: Group<u64, Result<String, Arc<std::io::Error>>> = Group::new();
+    /// let (a, b) = futures_util::join!(group.try_work(&7, load_user(7)), group.try_work(&7, load_user(7)));
+    /// let (a, b) = (a.unwrap_err(), b.unwrap_err());
+    /// assert!(Arc::ptr_eq(&a, &b)); // one error, shared
+    /// assert_eq!(a.to_string(), "user 7: database down");
+    /// # });
+    /// ```
+    pub async fn try_work<Q, F>(&self, key: &Q, fut: F) -> Result<T, Arc<E>>
+    where
+        Q: ?Sized + Hash + Eq + ToOwned,
+        Q::Owned: Into<K>,
+        K: Borrow<Q>,
+        F: IntoFuture<Output = Result<T, E>>,
+    {
+        let fut = fut.into_future();
+        self.work(key, async move { fut.await.map_err(Arc::new) })
+            .await
     }
 }
 
@@ -497,6 +581,12 @@ impl<K, V, S> Inner<K, V, S> {
 
     /// Finds the flight for `key` or starts one, under the lock, and lets `join` record
     /// the caller in it (`fresh` if the caller starts it).
+    ///
+    /// # Panics
+    ///
+    /// If the caller is inside the poll of the flight it would join (re-entrance), after
+    /// releasing the lock and before joining.
+    #[track_caller]
     fn join<Q, R>(
         &self,
         hash: u64,
@@ -509,7 +599,12 @@ impl<K, V, S> Inner<K, V, S> {
         K: Borrow<Q>,
     {
         let mut flights = self.lock(hash);
-        let Flights { table, next_id, .. } = &mut *flights;
+        let Flights {
+            table,
+            next_id,
+            counts,
+            ..
+        } = &mut *flights;
         // The only user code under the lock is the caller's own key: `Eq` and `Borrow`
         // here, `ToOwned` and `Into` below. A panic in either leaves the table unchanged.
         match table.entry(hash, |entry| entry.key.borrow() == key, |entry| entry.hash) {
@@ -519,7 +614,15 @@ impl<K, V, S> Inner<K, V, S> {
                     hash,
                     id: flight.id,
                 };
-                (id, join(flight, false))
+                if reentrance::is_running(self, id) {
+                    drop(flights);
+                    reentrance::refuse();
+                }
+                let runs = flight.runs;
+                let joined = join(flight, false);
+                counts.joined += 1;
+                counts.takeovers += flight.runs - runs;
+                (id, joined)
             }
             Slot::Vacant(slot) => {
                 let key = key.to_owned().into();
@@ -528,6 +631,7 @@ impl<K, V, S> Inner<K, V, S> {
                 let mut flight = Flight::new(id);
                 let joined = join(&mut flight, true);
                 slot.insert(Entry { hash, key, flight });
+                counts.flights += 1;
                 (FlightId { hash, id }, joined)
             }
         }
@@ -539,11 +643,17 @@ impl<K, V, S> Inner<K, V, S> {
     fn update<R>(&self, id: FlightId, update: impl FnOnce(&mut Flight<V>) -> R) -> Option<R> {
         let mut flights = self.lock(id.hash);
         let Flights {
-            table, forgotten, ..
+            table,
+            forgotten,
+            counts,
+            ..
         } = &mut *flights;
         match table.find_entry(id.hash, |entry| entry.flight.id == id.id) {
             Ok(mut entry) => {
-                let result = update(&mut entry.get_mut().flight);
+                let flight = &mut entry.get_mut().flight;
+                let runs = flight.runs;
+                let result = update(flight);
+                counts.takeovers += flight.runs - runs;
                 if entry.get().flight.phase == Phase::Ended {
                     let (Entry { key, .. }, _) = entry.remove();
                     // The key is dropped after unlocking: its `Drop` is user code.
@@ -554,7 +664,9 @@ impl<K, V, S> Inner<K, V, S> {
             }
             Err(_) => {
                 let flight = forgotten.get_mut(&id.id)?;
+                let runs = flight.runs;
                 let result = update(flight);
+                counts.takeovers += flight.runs - runs;
                 if flight.phase == Phase::Ended {
                     forgotten.remove(&id.id);
                 }
@@ -574,11 +686,15 @@ impl<K, V, S> Inner<K, V, S> {
         let hash = self.hasher.hash_one(key);
         let mut flights = self.lock(hash);
         let Flights {
-            table, forgotten, ..
+            table,
+            forgotten,
+            counts,
+            ..
         } = &mut *flights;
         match table.find_entry(hash, |entry| entry.key.borrow() == key) {
             Ok(entry) if when(&entry.get().flight) => {
                 let (Entry { key, flight, .. }, _) = entry.remove();
+                counts.forgotten += 1;
                 forgotten.insert(flight.id, flight);
                 drop(flights);
                 drop(key);
@@ -681,7 +797,11 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
     ) -> Result<Option<V>, Box<dyn Any + Send>> {
         let polled = poll_fn(|cx| {
             let running = fut.as_mut().as_pin_mut().expect("polled after its end");
-            match catch_unwind(AssertUnwindSafe(|| running.poll(cx))) {
+            let polling = || {
+                let _polling = reentrance::polling(&**self.group, self.flight);
+                running.poll(cx)
+            };
+            match catch_unwind(AssertUnwindSafe(polling)) {
                 Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
                 Ok(Poll::Pending) => Poll::Pending,
                 Err(payload) => Poll::Ready(Err(payload)),
@@ -707,6 +827,9 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
         let (flight, key) = flights
             .remove(self.flight)
             .expect("only its runner ends a running flight");
+        if outcome.is_err() {
+            flights.counts.panics += 1;
+        }
         // Fast path: nobody else ever waited on this flight.
         let Some(mut ended) = flight.end() else {
             // The key is dropped after unlocking: its `Drop` is user code.
@@ -790,6 +913,7 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
                     continue;
                 };
                 if flight.claim_waiting() {
+                    flights.counts.takeovers += 1;
                     drop(flights);
                     self.armed = false;
                     return Err(Runner::new(Cow::Borrowed(self.group), self.flight));

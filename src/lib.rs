@@ -101,8 +101,10 @@
 mod flight;
 mod group;
 mod outcome;
+mod reentrance;
 #[cfg(any(feature = "smol", feature = "async-std", feature = "tokio"))]
 mod runtime;
+mod stats;
 mod sync;
 
 pub use async_channel;
@@ -113,3 +115,4 @@ pub use async_channel;
 struct ReadmeDoctests;
 pub use group::Group;
 pub use outcome::{Outcome, Panicked};
+pub use stats::Stats;

@@ -23,6 +23,7 @@ impl Spawner {
     /// # Panics
     ///
     /// With only the `tokio` feature on, outside a Tokio runtime.
+    #[track_caller]
     pub(crate) fn current() -> Self {
         #[cfg(feature = "tokio")]
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -32,16 +33,19 @@ impl Spawner {
     }
 
     #[cfg(feature = "smol")]
+    #[track_caller]
     fn fallback() -> Self {
         Spawner::Smol
     }
 
     #[cfg(all(feature = "async-std", not(feature = "smol")))]
+    #[track_caller]
     fn fallback() -> Self {
         Spawner::AsyncStd
     }
 
     #[cfg(not(any(feature = "smol", feature = "async-std")))]
+    #[track_caller]
     fn fallback() -> Self {
         panic!(
             "oneflight: `do_chan` was called outside a Tokio runtime, and no other runtime \

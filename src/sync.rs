@@ -9,6 +9,12 @@
 pub(crate) use std::sync::{Arc, OnceLock};
 
 #[cfg(not(shuttle))]
+pub(crate) use std::thread_local;
+
+#[cfg(shuttle)]
+pub(crate) use shuttle::thread_local;
+
+#[cfg(not(shuttle))]
 pub(crate) use std::sync::{
     Mutex, MutexGuard,
     atomic::{AtomicU64, Ordering},
