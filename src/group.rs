@@ -205,8 +205,10 @@ where
     ///   the key starts a new flight.
     /// - A panic in the key's `Hash`, `Eq`, `Borrow` or `ToOwned`, or in the hasher or in
     ///   `V`'s `Clone`, reaches only this caller.
-    /// - A flight's future that calls `work` for its own key (on the same group) joins
-    ///   itself and never finishes: re-entrance waits forever, as in Go.
+    /// - A flight's future that calls the group for its own key inside its own poll
+    ///   (re-entrance) makes that inner call panic with a message that starts with
+    ///   `oneflight: re-entrant call`, instead of waiting for itself forever; see the
+    ///   crate docs.
     ///
     /// # Examples
     ///
@@ -357,6 +359,9 @@ where
     /// - A panic in `spawn` called right away reaches this caller, after the flight was
     ///   handed over; in a later takeover it is caught and the next waiting caller takes
     ///   over.
+    /// - Called by a flight's future for its own key (re-entrance), it panics with a
+    ///   message that starts with `oneflight: re-entrant call`, pointing at the caller's
+    ///   line.
     ///
     /// # Examples
     ///
@@ -447,7 +452,10 @@ where
     ///   [`Panicked`], and the key is free again. A panic in `V`'s `Clone` on the way to
     ///   one receiver closes only that receiver's channel.
     /// - With only the `tokio` feature on, called outside a Tokio runtime, it panics at
-    ///   once, before joining any flight, with a message that names `do_chan_with`.
+    ///   once, before joining any flight, with a message that names `do_chan_with`. The
+    ///   panic points at the caller's line.
+    /// - Called by a flight's future for its own key (re-entrance), it panics with a
+    ///   message that starts with `oneflight: re-entrant call`.
     ///
     /// # Examples
     ///

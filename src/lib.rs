@@ -66,21 +66,62 @@
 //!   reaches the caller on whose behalf it ran; no lock stays poisoned, no entry is stuck.
 //! - **Nothing leaks.** A flight's entry is removed in the critical section that
 //!   publishes its result.
-//! - **Re-entrance waits forever.** A flight's future that calls `work` for its own key
-//!   joins itself and never finishes, as in Go.
+//!
+//! # Errors
+//!
+//! Loaders that fail go through [`try_work`](Group::try_work) on a group of
+//! `Result<T, Arc<E>>`: every caller of a flight gets the same `Arc<E>`, it is not
+//! retried, and the next call starts a new flight.
+//!
+//! ```
+//! use oneflight::Group;
+//! use std::sync::Arc;
+//!
+//! # futures_executor::block_on(async {
+//! let group: Group<u64, Result<String, Arc<std::io::Error>>> = Group::new();
+//! let loaded = group.try_work(&7, async { Err(std::io::Error::other("down")) }).await;
+//! assert_eq!(loaded.unwrap_err().to_string(), "down");
+//! # });
+//! ```
+//!
+//! # With a cache
+//!
+//! Put the group in front of your cache's misses, and inside the flight check the cache
+//! again and fill it before the flight ends. Filled after `work` returns, a caller that
+//! misses the cache between the end of the flight and the insert starts a second load.
+//! `examples/moka_cache.rs` shows it with `moka::future::Cache`.
+//!
+//! # Re-entrance
+//!
+//! A flight's future that, inside its own poll, calls `work`, `try_work`, `do_chan` or
+//! `do_chan_with` for its own key on the same group would wait for itself forever (Go
+//! hangs there). The inner call panics instead, with a message that starts with
+//! `oneflight: re-entrant call`, and the flight ends as a panicking flight. Calls on other
+//! keys or other groups are fine. A re-entrant call that the flight reaches another way
+//! (awaiting a task that it spawned) is not detected, and waits forever.
 //!
 //! # Features
+//!
+//! ```toml
+//! [dependencies]
+//! oneflight = "0.1"   # smol (the default)
+//! # Tokio: turn the default off, so that do_chan outside a runtime fails loudly
+//! # oneflight = { version = "0.1", default-features = false, features = ["tokio"] }
+//! ```
 //!
 //! [`do_chan`](Group::do_chan) spawns the flight on a runtime chosen by cargo feature;
 //! the features are additive:
 //!
-//! - `smol` (default): smol's global executor.
 //! - `tokio`: the current Tokio runtime, when called inside one (it wins over the others).
-//! - `async-std`: async-std's executor. async-std is discontinued upstream; it stays
-//!   supported for existing programs, and new ones should use smol, its successor.
+//! - `smol` (default): smol's global executor, when not inside a Tokio runtime (or
+//!   `tokio` is off).
+//! - `async-std`: async-std's executor, when `smol` is off and not inside a Tokio runtime.
+//!   async-std is discontinued upstream; it stays supported for existing programs, and
+//!   new ones should use smol, its successor.
 //!
-//! Everything else, [`do_chan_with`](Group::do_chan_with) included, needs no runtime and
-//! works on any executor, local and `!Send` ones included.
+//! With only `tokio` on, `do_chan` called outside a Tokio runtime panics, naming
+//! `do_chan_with`. Everything else, [`do_chan_with`](Group::do_chan_with) included, needs
+//! no runtime and works on any executor, local and `!Send` ones included.
 //!
 //! # When not to use it
 //!
@@ -107,6 +148,24 @@ mod runtime;
 mod stats;
 mod sync;
 
+/// The channel crate behind [`Group::do_chan`]'s receivers, re-exported so that callers
+/// can name [`Receiver`](async_channel::Receiver) and
+/// [`RecvError`](async_channel::RecvError) without a dependency of their own.
+///
+/// A receiver gets one [`Outcome`]. `recv()` returns `Err(RecvError)` when the flight
+/// ended without a value for it: the flight's future panicked, or nobody could run it
+/// (every caller that could was cancelled), or `V`'s `Clone` panicked on its way to this
+/// receiver.
+///
+/// ```
+/// # #[cfg(feature = "smol")]
+/// smol::block_on(async {
+///     let group: oneflight::Group<String, u32> = oneflight::Group::new();
+///     let rx: oneflight::async_channel::Receiver<oneflight::Outcome<u32>> =
+///         group.do_chan("k", async { panic!("on purpose") });
+///     assert_eq!(rx.recv().await, Err(oneflight::async_channel::RecvError));
+/// });
+/// ```
 pub use async_channel;
 
 /// The README's examples, compiled and run as doc tests so that they cannot drift.
