@@ -97,6 +97,22 @@ impl<V> FleetBuilder<V> {
     /// # Panics
     ///
     /// If `lease` is shorter than 3 ms.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").lease(Duration::from_secs(10)).build();
+    /// # drop(fleet);
+    /// ```
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").lease(Duration::from_secs(10)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         assert!(
             lease >= Duration::from_millis(3),
@@ -113,6 +129,22 @@ impl<V> FleetBuilder<V> {
     /// # Panics
     ///
     /// If `poll_interval` is zero.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").poll_interval(Duration::from_millis(100)).build();
+    /// # drop(fleet);
+    /// ```
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").poll_interval(Duration::from_millis(100)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
         assert!(
             !poll_interval.is_zero(),
@@ -124,6 +156,22 @@ impl<V> FleetBuilder<V> {
 
     /// How long a caller waits on another process's flight before it loads the value
     /// itself, without the fleet (default 30 s).
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").max_wait(Duration::from_secs(5)).build();
+    /// # drop(fleet);
+    /// ```
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").max_wait(Duration::from_secs(5)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.config.max_wait = max_wait;
         self
@@ -135,6 +183,22 @@ impl<V> FleetBuilder<V> {
     /// # Panics
     ///
     /// If `command_timeout` is zero.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").command_timeout(Duration::from_millis(300)).build();
+    /// # drop(fleet);
+    /// ```
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").command_timeout(Duration::from_millis(300)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn command_timeout(mut self, command_timeout: Duration) -> Self {
         assert!(
             !command_timeout.is_zero(),
@@ -147,12 +211,42 @@ impl<V> FleetBuilder<V> {
     /// After a Redis failure, how long new flights skip Redis and deduplicate in-process
     /// only, before Redis is tried again (default 1 s). It keeps a down or stalled server
     /// from adding a command timeout to every call.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").retry_redis_after(Duration::from_secs(2)).build();
+    /// # drop(fleet);
+    /// ```
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").retry_redis_after(Duration::from_secs(2)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn retry_redis_after(mut self, retry_redis_after: Duration) -> Self {
         self.config.retry_redis_after = retry_redis_after;
         self
     }
 
     /// How values are encoded in Redis (default [`Codec::Postcard`]).
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").codec(oneflight_redis::Codec::Json).build();
+    /// # drop(fleet);
+    /// ```
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").codec(oneflight_redis::Codec::Json).build();
+    /// # drop(fleet);
+    /// ```
     pub fn codec(mut self, codec: Codec) -> Self {
         self.config.codec = codec;
         self
@@ -160,12 +254,40 @@ impl<V> FleetBuilder<V> {
 
     /// What [`Fleet::try_work`] does when Redis fails (default
     /// [`OnRedisError::Degrade`]).
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").on_redis_error(oneflight_redis::OnRedisError::Fail).build();
+    /// # drop(fleet);
+    /// ```
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").on_redis_error(oneflight_redis::OnRedisError::Fail).build();
+    /// # drop(fleet);
+    /// ```
     pub fn on_redis_error(mut self, on_redis_error: OnRedisError) -> Self {
         self.config.on_redis_error = on_redis_error;
         self
     }
 
     /// The fleet. Connects lazily, at its first call.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").build();
+    /// assert_eq!(fleet.stats().loads, 0);
+    /// ```
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").build();
+    /// assert_eq!(fleet.stats().loads, 0);
+    /// ```
     pub fn build(self) -> Fleet<V> {
         Fleet::from_parts(self.client, &self.namespace, self.config)
     }
