@@ -75,7 +75,15 @@ async fn run_replica() {
         } else {
             format!("go{phase}")
         });
+        // Bounded: a replica whose test died does not wait forever.
+        let deadline = std::time::Instant::now() + LIMIT * 2;
         while !gate.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica: no {} within {:?}",
+                gate.display(),
+                LIMIT * 2
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let mut tasks = Vec::new();
