@@ -622,7 +622,7 @@ impl<K, V, S> Inner<K, V, S> {
                     hash,
                     id: flight.id,
                 };
-                if reentrance::is_running(self, id) {
+                if reentrance::is_running(reentrance::frame(self, id)) {
                     drop(flights);
                     reentrance::refuse();
                 }
@@ -803,13 +803,12 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
         mut fut: Pin<&mut Option<Fut>>,
         keep: bool,
     ) -> Result<Option<V>, Box<dyn Any + Send>> {
+        let frame = reentrance::frame(&**self.group, self.flight);
         let polled = poll_fn(|cx| {
             let running = fut.as_mut().as_pin_mut().expect("polled after its end");
-            let polling = || {
-                let _polling = reentrance::polling(&**self.group, self.flight);
-                running.poll(cx)
-            };
-            match catch_unwind(AssertUnwindSafe(polling)) {
+            // Outside `catch_unwind`, which returns normally even when the future panics.
+            let _polling = reentrance::polling(frame);
+            match catch_unwind(AssertUnwindSafe(|| running.poll(cx))) {
                 Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
                 Ok(Poll::Pending) => Poll::Pending,
                 Err(payload) => Poll::Ready(Err(payload)),

@@ -6,36 +6,67 @@
 //! Only the thread's own polls are seen: a flight that awaits a task which calls the group
 //! for its key is not detected (it waits forever, as in Go).
 
-use std::cell::RefCell;
+use std::cell::Cell;
 
 use crate::flight::FlightId;
 use crate::sync::thread_local;
 
-thread_local! {
-    /// The flights whose futures this thread is polling now, innermost last, each with its
-    /// group's address.
-    static RUNNING: RefCell<Vec<(usize, FlightId)>> = const { RefCell::new(Vec::new()) };
+/// How many nested running flights a thread records; deeper ones are not checked (a flight
+/// whose future runs flights of other keys, nested more than this deep, is rare).
+const DEPTH: usize = 8;
+
+/// A running flight: its group's address and its id.
+pub(crate) type Frame = (usize, FlightId);
+
+const NONE: Frame = (0, FlightId { hash: 0, id: 0 });
+
+/// The flights whose futures a thread is polling now, nested.
+struct Running {
+    /// How many, nested.
+    depth: Cell<usize>,
+    /// The outermost `DEPTH` of them.
+    frames: [Cell<Frame>; DEPTH],
 }
 
-/// Marks `flight` of the group at `group` as being polled on this thread, until dropped.
+thread_local! {
+    /// Plain cells with no destructor, so that the runner's every poll costs two
+    /// thread-local stores and a load, and no lazy registration.
+    static RUNNING: Running = const {
+        Running { depth: Cell::new(0), frames: [const { Cell::new(NONE) }; DEPTH] }
+    };
+}
+
+/// Marks a flight as being polled on this thread, until dropped.
 pub(crate) struct Polling(());
 
-pub(crate) fn polling<G>(group: &G, flight: FlightId) -> Polling {
-    let group = group as *const G as usize;
-    RUNNING.with(|running| running.borrow_mut().push((group, flight)));
+/// Names `flight` of the group at `group` for [`polling`] and [`is_running`].
+pub(crate) fn frame<G>(group: &G, flight: FlightId) -> Frame {
+    (group as *const G as usize, flight)
+}
+
+pub(crate) fn polling(frame: Frame) -> Polling {
+    RUNNING.with(|running| {
+        let depth = running.depth.get();
+        if let Some(slot) = running.frames.get(depth) {
+            slot.set(frame);
+        }
+        running.depth.set(depth + 1);
+    });
     Polling(())
 }
 
 impl Drop for Polling {
     fn drop(&mut self) {
-        RUNNING.with(|running| running.borrow_mut().pop());
+        RUNNING.with(|running| running.depth.set(running.depth.get() - 1));
     }
 }
 
-/// Whether this thread is inside the poll of `flight` of the group at `group`.
-pub(crate) fn is_running<G>(group: &G, flight: FlightId) -> bool {
-    let group = group as *const G as usize;
-    RUNNING.with(|running| running.borrow().contains(&(group, flight)))
+/// Whether this thread is inside the poll of the flight `frame`.
+pub(crate) fn is_running(frame: Frame) -> bool {
+    RUNNING.with(|running| {
+        let depth = running.depth.get().min(DEPTH);
+        running.frames[..depth].iter().any(|f| f.get() == frame)
+    })
 }
 
 /// Refuses a re-entrant call.
