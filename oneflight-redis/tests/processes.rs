@@ -456,17 +456,24 @@ fn a_holder_whose_callers_all_left_releases_its_lease_at_once() {
         .assert_no_flight_left(Duration::from_millis(lease as u64));
 }
 
-#[test]
-fn a_panicking_load_stays_in_its_process_and_another_takes_over() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// The holder's first load ends without a value to share (`first` is `panic` or `err`,
+/// in `mode`): only the holder's callers see it, `check_holder` says how; the lease is
+/// released at once and another process takes over with its own load.
+fn an_abandoned_flight_is_taken_over(
+    name: &str,
+    mode: &str,
+    first: &str,
+    check_holder: impl FnOnce(&Report),
+) {
     let Some(setup) = setup(
-        "panic",
+        name,
         &[
+            ("MODE", mode),
             ("CALLERS", "20"),
             ("LEASE_MS", "5000"),
             ("POLL_MS", "2000"),
             ("FIRST_LOAD_MS", "500"),
-            ("FIRST", "panic"),
+            ("FIRST", first),
         ],
     ) else {
         return;
@@ -474,27 +481,25 @@ fn a_panicking_load_stays_in_its_process_and_another_takes_over() {
     let (mut holder, waiters) = setup.holder_then_waiters(&[], 3);
     let held = holder.finish(LIMIT);
     let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
-    assert_eq!(
-        (held.num("panicked"), held.num("served")),
-        (20, 0),
-        "{held:?}"
-    );
+    check_holder(&held);
     let loads = setup.scratch.loads();
     assert_eq!(loads.len(), 2, "{loads:?}");
     for report in &reports {
-        assert_eq!(
-            (report.num("served"), report.num("panicked")),
-            (20, 0),
-            "{report:?}"
+        let seen = (
+            report.num("served"),
+            report.num("panicked"),
+            report.num("errors"),
         );
+        assert_eq!(seen, (20, 0, 0), "{report:?}");
         assert_eq!(
             report.get("values"),
             format!("key0:key0/{}/1", loads[1].pid)
         );
     }
+    let takeover_ms = loads[1].start_ms - loads[0].start_ms;
     assert!(
-        loads[1].start_ms - loads[0].start_ms < 1500,
-        "the panicking holder's lease was not released promptly"
+        takeover_ms < 1500,
+        "the holder's lease was not released promptly: {takeover_ms} ms"
     );
     setup
         .server
@@ -502,50 +507,29 @@ fn a_panicking_load_stays_in_its_process_and_another_takes_over() {
 }
 
 #[test]
+fn a_panicking_load_stays_in_its_process_and_another_takes_over() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    an_abandoned_flight_is_taken_over("panic", "work", "panic", |held| {
+        assert_eq!(
+            (held.num("panicked"), held.num("served")),
+            (20, 0),
+            "{held:?}"
+        );
+    });
+}
+
+#[test]
 fn a_try_work_error_stays_in_its_process_and_another_takes_over() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(setup) = setup(
-        "error",
-        &[
-            ("MODE", "try"),
-            ("CALLERS", "20"),
-            ("LEASE_MS", "5000"),
-            ("POLL_MS", "2000"),
-            ("FIRST_LOAD_MS", "500"),
-            ("FIRST", "err"),
-        ],
-    ) else {
-        return;
-    };
-    let (mut holder, waiters) = setup.holder_then_waiters(&[], 3);
-    let held = holder.finish(LIMIT);
-    let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
-    // Every caller of the holder's flight got the error, as one shared Arc.
-    assert_eq!(
-        (
+    an_abandoned_flight_is_taken_over("error", "try", "err", |held| {
+        // Every caller of the holder's flight got the error, as one shared Arc.
+        let seen = (
             held.num("errors"),
             held.num("distinct_errors"),
-            held.num("served")
-        ),
-        (20, 1, 0),
-        "{held:?}"
-    );
-    let loads = setup.scratch.loads();
-    assert_eq!(loads.len(), 2, "{loads:?}");
-    for report in &reports {
-        assert_eq!(
-            (report.num("served"), report.num("errors")),
-            (20, 0),
-            "{report:?}"
+            held.num("served"),
         );
-    }
-    assert!(
-        loads[1].start_ms - loads[0].start_ms < 1500,
-        "the failing holder's lease was not released promptly"
-    );
-    setup
-        .server
-        .assert_no_flight_left(Duration::from_millis(5000));
+        assert_eq!(seen, (20, 1, 0), "{held:?}");
+    });
 }
 
 /// Redis away mid-flight (`how` does it and brings it back): every call finishes, each
