@@ -28,12 +28,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What a lookup returns: how many items the category has and the highest price.
-#[derive(Clone, Debug, PartialEq)]
-struct Summary {
-    items: i64,
-    highest_price: i64,
-}
+#[path = "shared/sqlite.rs"]
+mod sqlite;
+use sqlite::{Summary, fill, query};
 
 /// A lookup's result, as the group shares it: errors behind an `Arc`.
 type Lookup = Result<Summary, Arc<rusqlite::Error>>;
@@ -175,43 +172,6 @@ fn run(options: &Options, dir: &Path) -> Result<bool, String> {
         deduped.queries, options.keys
     );
     Ok(ok)
-}
-
-/// Creates the table and fills it with `rows` rows over 1,000 categories.
-fn fill(path: &Path, rows: usize) -> rusqlite::Result<()> {
-    let mut db = Connection::open(path)?;
-    db.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE items (
-             id INTEGER PRIMARY KEY,
-             category INTEGER NOT NULL,
-             price INTEGER NOT NULL,
-             name TEXT NOT NULL
-         );",
-    )?;
-    let tx = db.transaction()?;
-    {
-        let mut insert =
-            tx.prepare("INSERT INTO items (category, price, name) VALUES (?1, ?2, ?3)")?;
-        for i in 0..rows {
-            insert.execute((i % 1_000, (i * 7_919) % 10_000, format!("item {i}")))?;
-        }
-    }
-    tx.commit()
-}
-
-/// The lookup a cache miss costs: a full scan of the table (`category` has no index).
-fn query(db: &Connection, category: usize) -> rusqlite::Result<Summary> {
-    db.query_row(
-        "SELECT count(*), coalesce(max(price), 0) FROM items WHERE category = ?1",
-        [category],
-        |row| {
-            Ok(Summary {
-                items: row.get(0)?,
-                highest_price: row.get(1)?,
-            })
-        },
-    )
 }
 
 /// A fixed pool of connections, as a service has: a request waits for a free one.
