@@ -18,6 +18,10 @@
 #[path = "../../examples/shared/sqlite.rs"]
 mod sqlite;
 
+#[path = "shared/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
 use oneflight::Group;
 use oneflight_redis::{Fleet, redis};
 use rusqlite::Connection;
@@ -410,55 +414,6 @@ impl Pool {
         .expect("the query does not panic");
         let _ = self.give_back.try_send(db);
         (summary.items, summary.highest_price)
-    }
-}
-
-/// A `redis-server` of the demo's own on a free loopback port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start(dir: &Path) -> Result<RedisServer, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|_| {
-                "no redis-server found: install it (`apt-get install -y redis-server` on Debian and \
-                 Ubuntu, `brew install redis` on macOS), or pass --redis redis://HOST:PORT/"
-                    .to_owned()
-            })?;
-        let server = RedisServer { child, port };
-        let client = redis::Client::open(server.url()).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client
-            .get_connection_with_timeout(Duration::from_millis(100))
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                return Err("redis-server did not start within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
