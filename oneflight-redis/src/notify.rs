@@ -4,6 +4,9 @@
 //! A hint only: Redis drops messages while a subscriber reconnects (at-most-once), so a
 //! waiter never trusts it alone and polls at the poll interval as well. After each
 //! (re)subscription every waiter is woken once, to check what it may have missed.
+//!
+//! An announcement is the flight's token, followed by a space and the value's payload
+//! when the value is small: the waiter then has the value without asking Redis again.
 
 use event_listener::{Event, EventListener};
 use futures_util::StreamExt;
@@ -22,9 +25,18 @@ pub(crate) struct Notifier {
     command_timeout: Duration,
     retry_after: Duration,
     /// Waiting flights: token → (event, number of registrations).
-    waiting: Mutex<HashMap<String, (Arc<Event>, usize)>>,
+    waiting: Mutex<HashMap<String, (Arc<Hint>, usize)>>,
     /// Whether the subscriber task was started.
     started: AtomicBool,
+}
+
+/// What the announcement of a flight's end brings its waiters.
+#[derive(Debug, Default)]
+struct Hint {
+    /// Notified when the end is announced.
+    event: Event,
+    /// The value's payload, when the announcement carried it (a small value).
+    payload: Mutex<Option<Vec<u8>>>,
 }
 
 /// One waiter's registration; unregisters on drop.
@@ -32,7 +44,7 @@ pub(crate) struct Notifier {
 pub(crate) struct Registration {
     notifier: Arc<Notifier>,
     token: String,
-    event: Arc<Event>,
+    hint: Arc<Hint>,
 }
 
 impl Notifier {
@@ -61,35 +73,40 @@ impl Notifier {
             }
         }
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let (event, count) = waiting
-            .entry(token.to_owned())
-            .or_insert_with(|| (Arc::new(Event::new()), 0));
+        let (hint, count) = waiting.entry(token.to_owned()).or_default();
         *count += 1;
         Registration {
             notifier: self.clone(),
             token: token.to_owned(),
-            event: event.clone(),
+            hint: hint.clone(),
         }
     }
 
-    fn wake(&self, token: &[u8]) {
+    /// Handles an announcement: `token`, or `token payload`.
+    fn wake(&self, message: &[u8]) {
+        let (token, payload) = match message.iter().position(|&b| b == b' ') {
+            Some(at) => (&message[..at], Some(&message[at + 1..])),
+            None => (message, None),
+        };
         let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((event, _)) = std::str::from_utf8(token)
-            .ok()
-            .and_then(|token| waiting.get(token))
-        {
-            event.notify(usize::MAX);
+        let token = std::str::from_utf8(token).ok();
+        if let Some((hint, _)) = token.and_then(|token| waiting.get(token)) {
+            if let Some(payload) = payload {
+                *hint.payload.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(payload.to_vec());
+            }
+            hint.event.notify(usize::MAX);
         }
     }
 
     fn wake_all(&self) {
-        for (event, _) in self
+        for (hint, _) in self
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
         {
-            event.notify(usize::MAX);
+            hint.event.notify(usize::MAX);
         }
     }
 }
@@ -98,7 +115,16 @@ impl Registration {
     /// A listener for the next announcement of this flight's end. Create it before
     /// checking Redis, so that an announcement after the check is not missed.
     pub(crate) fn listen(&self) -> EventListener {
-        self.event.listen()
+        self.hint.event.listen()
+    }
+
+    /// The payload that the announcement of this flight's end carried, if any.
+    pub(crate) fn take_payload(&self) -> Option<Vec<u8>> {
+        self.hint
+            .payload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 

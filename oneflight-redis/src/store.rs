@@ -53,15 +53,27 @@ return {'hold', token}
 /// Publishes a value only while the lease is still ours: compare-and-set, so that a holder
 /// paused past its lease cannot overwrite or announce over the flight that replaced it.
 ///
-/// KEYS: lease, value of this flight. ARGV: token, payload, value retention ms, channel.
-/// Returns 1 when published, 0 when the lease was no longer ours.
+/// The announcement carries the payload too when ARGV[5] is '1' (a small value), so that
+/// a waiter that hears it needs no second round trip.
+///
+/// KEYS: lease, value of this flight. ARGV: token, payload, value retention ms, channel,
+/// '1' to announce the payload. Returns 1 when published, 0 when the lease was no longer
+/// ours.
 const PUBLISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
+local message = ARGV[1]
+if ARGV[5] == '1' then message = message .. ' ' .. ARGV[2] end
+redis.call('PUBLISH', ARGV[4], message)
 return 1
 ";
+
+/// Values up to this size ride along with the announcement of their flight's end; larger
+/// ones are fetched by each waiting process. Every subscriber of a namespace receives
+/// every announcement, so this bounds what a process may receive for flights it does not
+/// wait on.
+const ANNOUNCED_PAYLOAD: usize = 1024;
 
 /// Extends the lease only while it is ours (compare-and-expire): a late holder must not
 /// extend the lease of the flight that replaced it.
@@ -301,10 +313,16 @@ impl Transport for Store {
         Box::pin(async move {
             let mut call = self.scripts.publish.key(names.lease());
             call.key(names.value(token));
+            let announce = if payload.len() <= ANNOUNCED_PAYLOAD {
+                "1"
+            } else {
+                "0"
+            };
             call.arg(token)
                 .arg(payload)
                 .arg(millis(retention))
-                .arg(&self.channel);
+                .arg(&self.channel)
+                .arg(announce);
             self.run(|mut c| async move { call.invoke_async(&mut c).await })
                 .await
         })
