@@ -30,8 +30,11 @@
 //!  renew (only while lease == T1)                                 hint for T1, or
 //!                                                                 poll_interval
 //!  publish (only while lease == T1):
-//!    SET value:T1, DEL lease, PUBLISH T1 ─────────────────────▶ hint "T1"
-//!                                                  ◀──────────── acquire(waited T1):
+//!    SET value:T1, DEL lease,
+//!    PUBLISH "T1 value" ───────────────────────────────────────▶ hint: a small value
+//!                                                                 comes with it, done;
+//!                                                  ◀──────────── else, or on a poll,
+//!                                                                 acquire(waited T1):
 //!                                                                 value:T1 → the value
 //! ```
 //!
@@ -43,7 +46,9 @@
 //!   holder that lost its lease can neither overwrite nor extend nor end the flight that
 //!   replaced it.
 //! - **Pub/sub is a hint.** Redis drops messages across reconnects, so a waiter also
-//!   polls every `poll_interval`; a lost hint costs at most one interval.
+//!   polls every `poll_interval`; a lost hint costs at most one interval. A hint carries
+//!   values up to 1 KiB, so that a waiting process usually needs one round trip per
+//!   flight; every process of the namespace receives every hint.
 //! - **Every command has a timeout** (`command_timeout`). After a failure, new flights
 //!   skip Redis for `retry_redis_after` and deduplicate in-process only, then try again.
 //!
