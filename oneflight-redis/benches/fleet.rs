@@ -114,22 +114,27 @@ async fn bare_flight(connection: &mut redis::aio::MultiplexedConnection, script:
         .unwrap();
 }
 
-/// One waiting-process measurement: a holder (its load gated) and a waiter in another
-/// `Fleet`; returns the time from opening the gate to the waiter's value.
-async fn fleet_wait(holder: &Fleet<u64>, waiter: &Fleet<u64>) -> Duration {
+/// A flight of a new key held by `holder`, whose load returns 7 once `gate` is opened.
+fn gated_flight(holder: &Fleet<u64>) -> (String, Arc<Notify>, tokio::task::JoinHandle<u64>) {
     let key = next_key();
     let gate = Arc::new(Notify::new());
     let held = tokio::spawn({
         let (holder, key, gate) = (holder.clone(), key.clone(), gate.clone());
         async move {
-            holder
-                .work(&key, async move {
-                    gate.notified().await;
-                    7
-                })
-                .await
+            let load = async move {
+                gate.notified().await;
+                7
+            };
+            holder.work(&key, load).await
         }
     });
+    (key, gate, held)
+}
+
+/// One waiting-process measurement: a holder (its load gated) and a waiter in another
+/// `Fleet`; returns the time from opening the gate to the waiter's value.
+async fn fleet_wait(holder: &Fleet<u64>, waiter: &Fleet<u64>) -> Duration {
+    let (key, gate, held) = gated_flight(holder);
     tokio::time::sleep(Duration::from_millis(5)).await; // the holder took the lease
     let waiting = tokio::spawn({
         let (waiter, key) = (waiter.clone(), key.clone());
@@ -335,19 +340,7 @@ fn summary(setup: &Setup) {
     });
     let mut waiting = |callers: usize| {
         rt.block_on(async {
-            let key = next_key();
-            let gate = Arc::new(Notify::new());
-            let held = tokio::spawn({
-                let (holder, key, gate) = (holder.clone(), key.clone(), gate.clone());
-                async move {
-                    holder
-                        .work(&key, async move {
-                            gate.notified().await;
-                            7
-                        })
-                        .await
-                }
-            });
+            let (key, gate, held) = gated_flight(&holder);
             tokio::time::sleep(Duration::from_millis(20)).await;
             let before = counts(&mut reader).await;
             let burst = tokio::spawn({
