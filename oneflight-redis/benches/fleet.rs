@@ -210,16 +210,17 @@ fn benches(c: &mut Criterion, setup: &Setup) {
     group.finish();
 }
 
-/// Medians of interleaved rounds: `a` and `b` alternate, `PER_ROUND` calls each.
-fn interleaved<A, B>(mut a: A, mut b: B) -> (f64, f64)
+/// Medians of interleaved rounds, in ns per call: `a` and `b` alternate, each timing
+/// `per_round` calls.
+fn interleaved<A, B>(per_round: u32, mut a: A, mut b: B) -> (f64, f64)
 where
     A: FnMut() -> Duration,
     B: FnMut() -> Duration,
 {
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        xs.push(a().as_nanos() as f64 / f64::from(PER_ROUND));
-        ys.push(b().as_nanos() as f64 / f64::from(PER_ROUND));
+        xs.push(a().as_nanos() as f64 / f64::from(per_round));
+        ys.push(b().as_nanos() as f64 / f64::from(per_round));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -279,6 +280,7 @@ fn summary(setup: &Setup) {
     });
 
     let (fleet_call, floor_call) = interleaved(
+        PER_ROUND,
         || {
             rt.block_on(async {
                 let t = Instant::now();
@@ -299,36 +301,27 @@ fn summary(setup: &Setup) {
         },
     );
     let waits = PER_ROUND / 20; // each fleet wait sleeps 10 ms to set up: fewer per round
-    let (fleet_wait_ns, floor_wait_ns) = {
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            xs.push(
-                rt.block_on(async {
-                    let mut t = Duration::ZERO;
-                    for _ in 0..waits {
-                        t += fleet_wait(&holder, &waiter).await;
-                    }
-                    t
-                })
-                .as_nanos() as f64
-                    / f64::from(waits),
-            );
-            ys.push(
-                rt.block_on(async {
-                    let mut t = Duration::ZERO;
-                    for _ in 0..waits {
-                        t += bare_wait(&mut connection, &mut messages, &mut reader).await;
-                    }
-                    t
-                })
-                .as_nanos() as f64
-                    / f64::from(waits),
-            );
-        }
-        xs.sort_by(f64::total_cmp);
-        ys.sort_by(f64::total_cmp);
-        (xs[xs.len() / 2], ys[ys.len() / 2])
-    };
+    let (fleet_wait_ns, floor_wait_ns) = interleaved(
+        waits,
+        || {
+            rt.block_on(async {
+                let mut t = Duration::ZERO;
+                for _ in 0..waits {
+                    t += fleet_wait(&holder, &waiter).await;
+                }
+                t
+            })
+        },
+        || {
+            rt.block_on(async {
+                let mut t = Duration::ZERO;
+                for _ in 0..waits {
+                    t += bare_wait(&mut connection, &mut messages, &mut reader).await;
+                }
+                t
+            })
+        },
+    );
 
     // Commands per flight: the holder alone; then a waiting process with 1 caller and
     // with 1,000 callers.
