@@ -29,7 +29,7 @@ use std::time::Instant;
 use crate::builder::Config;
 use crate::notify::{Notifier, Registration};
 use crate::stats::Counters;
-use crate::store::{Acquired, Failure, Names, Store, Transport};
+use crate::store::{Acquired, Failure, Names, Store, Transport, fence_of};
 use crate::{FleetBuilder, FleetError, FleetStats, OnRedisError, runtime};
 
 /// An error shared between the callers of one flight in this process, of the type its
@@ -176,15 +176,20 @@ where
     where
         F: IntoFuture<Output = V>,
     {
-        self.work_fenced(key, |_fence| fut).await
+        self.work_with(key, Fencing::Off, |_fence| fut).await
     }
 
     /// As [`work`](Self::work), for loads that write somewhere and must fence their
-    /// writes: `load` receives the flight's fencing number, which grows with each flight of
-    /// `key` fleet-wide, so that a store that remembers the highest number it saw can
-    /// reject a late holder's write (Kleppmann, "How to do distributed locking").
+    /// writes: `load` receives the flight's fencing number, which grows with each fenced
+    /// flight of `key` fleet-wide, so that a store that remembers the highest number it saw
+    /// can reject a late holder's write (Kleppmann, "How to do distributed locking").
     /// `None` when the load runs without the fleet (Redis unavailable, or `max_wait`
     /// reached): no number can then be trusted.
+    ///
+    /// Only fenced flights take a number (and keep the key's last number in Redis for a
+    /// day), so that `work` callers do not pay for it. A `work_fenced` caller that joins a
+    /// flight started by a `work` caller gets its value; its own `load` does not run, and
+    /// so writes nothing.
     ///
     /// Cancel safety and panics: as [`work`](Self::work).
     ///
@@ -206,8 +211,16 @@ where
         C: FnOnce(Option<u64>) -> F,
         F: IntoFuture<Output = V>,
     {
+        self.work_with(key, Fencing::On, load).await
+    }
+
+    async fn work_with<C, F>(&self, key: &str, fencing: Fencing, load: C) -> V
+    where
+        C: FnOnce(Option<u64>) -> F,
+        F: IntoFuture<Output = V>,
+    {
         let load = |fence| async move { Ok(load(fence).await) };
-        match self.call(key, load, None, |_| false).await {
+        match self.call(key, fencing, load, None, |_| false).await {
             Ok(value) => value,
             Err(_) => unreachable!("oneflight-redis: a `work` flight of this caller cannot fail"),
         }
@@ -246,7 +259,10 @@ where
             OnRedisError::Fail => Some(|error| Arc::new(E::from(error))),
             OnRedisError::Degrade => None,
         };
-        match self.call(key, load, fail, |shared| shared.is::<E>()).await {
+        match self
+            .call(key, Fencing::Off, load, fail, |shared| shared.is::<E>())
+            .await
+        {
             Ok(value) => Ok(value),
             Err(shared) => Err(shared.downcast::<E>().expect("checked by `call`")),
         }
@@ -259,6 +275,7 @@ where
     async fn call<C, F>(
         &self,
         key: &str,
+        fencing: Fencing,
         load: C,
         fail: Option<fn(FleetError) -> Shared>,
         accept: fn(&Shared) -> bool,
@@ -275,6 +292,7 @@ where
                 self.inner
                     .fly(
                         key,
+                        fencing,
                         load.expect("a caller's flight runs at most once"),
                         fail,
                     )
@@ -305,6 +323,7 @@ where
     async fn fly<C, F>(
         &self,
         key: &str,
+        fencing: Fencing,
         load: C,
         fail: Option<fn(FleetError) -> Shared>,
     ) -> Local<V>
@@ -338,7 +357,12 @@ where
                 .as_ref()
                 .map(|(_, registration)| registration.listen());
             let token = waited.as_ref().map(|(token, _)| token.as_str());
-            match self.store.acquire(&names, token, self.config.lease).await {
+            let fenced = fencing == Fencing::On;
+            match self
+                .store
+                .acquire(&names, token, self.config.lease, fenced)
+                .await
+            {
                 Err(failure) => {
                     self.failed();
                     return self.without_redis(load, fail, failure).await;
@@ -395,7 +419,7 @@ where
             names: names.clone(),
             token: Some(token.clone()),
         };
-        let fence = token.split('-').next().and_then(|fence| fence.parse().ok());
+        let fence = fence_of(&token);
         let load = pin!(load(fence));
         let renewal = pin!(self.renew(names, &token));
         let Either::Left((result, _)) = select(load, renewal).await;
@@ -491,6 +515,13 @@ where
             None => false,
         }
     }
+}
+
+/// Whether a flight takes a fencing number: only for `work_fenced` callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fencing {
+    On,
+    Off,
 }
 
 /// Gives a lease up from a spawned task when the holder goes away before publishing.

@@ -140,3 +140,9 @@ pub use redis;
 pub use stats::FleetStats;
 #[cfg(test)]
 mod model;
+
+/// Not API: the protocol's scripts, so that the fleet bench can time them bare.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::store::{ACQUIRE, PUBLISH};
+}

@@ -83,6 +83,7 @@ impl Transport for Memory {
         names: &'a Names,
         waited: Option<&'a str>,
         lease: Duration,
+        fenced: bool,
     ) -> BoxFuture<'a, Result<Acquired, Failure>> {
         Box::pin(async move {
             self.fault()?;
@@ -98,9 +99,12 @@ impl Transport for Memory {
                 }
                 return Ok(Acquired::Wait(holder));
             }
-            let fence = state.fences.entry(names.fence()).or_insert(0);
-            *fence += 1;
-            let token = format!("{fence}-{:x}", self.seed.fetch_add(1, Ordering::Relaxed));
+            let mut token = format!("{:x}", self.seed.fetch_add(1, Ordering::Relaxed));
+            if fenced {
+                let fence = state.fences.entry(names.fence()).or_insert(0);
+                *fence += 1;
+                token = format!("{fence}-{token}");
+            }
             state
                 .leases
                 .insert(names.lease(), (token.clone(), Instant::now() + lease));
@@ -126,10 +130,11 @@ impl Transport for Memory {
                 .values
                 .insert(names.value(token), (payload, Instant::now() + retention));
             state.leases.remove(&names.lease());
-            let fence = token.split('-').next().unwrap().parse().unwrap();
-            state
-                .published
-                .insert((names.lease(), fence), Instant::now());
+            if let Some(fence) = crate::store::fence_of(token) {
+                state
+                    .published
+                    .insert((names.lease(), fence), Instant::now());
+            }
             Ok(true)
         })
     }

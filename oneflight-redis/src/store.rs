@@ -8,7 +8,7 @@
 //! - `oneflight:{ns:key}:value:TOKEN`: the value published by the flight `TOKEN`, kept
 //!   for one lease so that polling waiters find it, then gone;
 //! - `oneflight:{ns:key}:fence`: the last fencing number handed out for the key, kept for
-//!   a day (see [`ACQUIRE`]).
+//!   a day; only keys loaded with `work_fenced` have one (see [`ACQUIRE`]).
 //!
 //! Ends of flights (published or released) are announced on the namespace's channel
 //! `oneflight:ns:done`, the message being the flight's token: a hint only.
@@ -26,26 +26,32 @@ use crate::runtime;
 /// round trip and atomic: a lease that expires between a `GET` and a `SET NX` cannot let
 /// two waiters both believe they took over.
 ///
-/// The fencing number grows with each flight of a key: the larger of the last one plus
-/// one and the server's clock in microseconds, so that it keeps growing even after the
-/// fence key expired (a day after the key's last flight).
+/// A fenced flight's token starts with its fencing number, which grows with each fenced
+/// flight of a key: the larger of the last one plus one and the server's clock in
+/// microseconds, so that it keeps growing even after the fence key expired (a day after
+/// the key's last fenced flight). An unfenced flight's token is the random part alone: it
+/// neither reads nor writes the fence key, so callers who do not fence pay for neither.
 ///
 /// KEYS: lease, fence, value of the waited flight (or any key when ARGV[3] is empty).
-/// ARGV: lease ms, random part of the token, waited token or "", fence memory ms.
+/// ARGV: lease ms, random part of the token, waited token or "", fence memory ms, '1' for
+/// a fenced flight.
 /// Returns `{"value", payload}`, `{"wait", holder's token}` or `{"hold", our token}`.
-const ACQUIRE: &str = r"
+pub const ACQUIRE: &str = r"
 if ARGV[3] ~= '' then
   local value = redis.call('GET', KEYS[3])
   if value then return {'value', value} end
 end
 local holder = redis.call('GET', KEYS[1])
 if holder then return {'wait', holder} end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-local fence = string.format('%.0f', math.max(now, last + 1))
-redis.call('SET', KEYS[2], fence, 'PX', ARGV[4])
-local token = fence .. '-' .. ARGV[2]
+local token = ARGV[2]
+if ARGV[5] == '1' then
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local fence = string.format('%.0f', math.max(now, last + 1))
+  redis.call('SET', KEYS[2], fence, 'PX', ARGV[4])
+  token = fence .. '-' .. token
+end
 redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
 return {'hold', token}
 ";
@@ -59,7 +65,7 @@ return {'hold', token}
 /// KEYS: lease, value of this flight. ARGV: token, payload, value retention ms, channel,
 /// '1' to announce the payload. Returns 1 when published, 0 when the lease was no longer
 /// ours.
-const PUBLISH: &str = r"
+pub const PUBLISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
@@ -141,13 +147,15 @@ pub(crate) type Failure = String;
 /// The protocol's four operations: on Redis ([`Store`]), or in memory for the model test
 /// of the protocol. Each has the meaning of the script of the same name above.
 pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
-    /// Takes the lease of a new flight, or learns who holds it; a waiter names the token
-    /// it waited on and gets that flight's value when it is there.
+    /// Takes the lease of a new flight (with a fencing number when `fenced`), or learns
+    /// who holds it; a waiter names the token it waited on and gets that flight's value
+    /// when it is there.
     fn acquire<'a>(
         &'a self,
         names: &'a Names,
         waited: Option<&'a str>,
         lease: Duration,
+        fenced: bool,
     ) -> BoxFuture<'a, Result<Acquired, Failure>>;
     /// Publishes `payload` as the value of the flight `token`; `Ok(false)` when the lease
     /// is no longer this flight's.
@@ -213,35 +221,44 @@ impl Store {
     /// Runs one command on the shared connection, connecting first if needed, all within
     /// the command timeout. After any failure the connection is dropped, so that a
     /// stalled or restarted server gets a fresh one next time.
+    ///
+    /// On a live connection the timeout is redis-rs's own response timeout, set on the
+    /// connection to the command timeout: a second timer of ours would cost every command
+    /// a timer registration (on Tokio, often a wake-up of the timer's thread) for nothing.
     async fn run<T, F, Fut>(&self, command: F) -> Result<T, Failure>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let attempt = async {
-            let connection = self.connection().await?;
-            command(connection).await
-        };
-        let outcome = match runtime::timeout(self.command_timeout, attempt).await {
-            Some(Ok(value)) => return Ok(value),
-            Some(Err(error)) => error.to_string(),
-            None => format!("no answer within {:?}", self.command_timeout),
-        };
-        *self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-        Err(outcome)
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
-        if let Some(connection) = &*self
+        let live = self
             .connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-        {
-            return Ok(connection.clone());
+            .clone();
+        let outcome = match live {
+            Some(connection) => command(connection).await.map_err(|error| error.to_string()),
+            None => {
+                let connected = async {
+                    let connection = self.connect().await?;
+                    command(connection).await
+                };
+                match runtime::timeout(self.command_timeout, connected).await {
+                    Some(outcome) => outcome.map_err(|error| error.to_string()),
+                    None => Err(format!("no answer within {:?}", self.command_timeout)),
+                }
+            }
+        };
+        if outcome.is_err() {
+            *self
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
         }
+        outcome
+    }
+
+    /// A new connection, kept for the next commands.
+    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.command_timeout))
             .set_response_timeout(Some(self.command_timeout));
@@ -255,6 +272,13 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
         Ok(connection)
     }
+}
+
+/// The fencing number of a fenced flight's token (`FENCE-RANDOM`); `None` for an unfenced
+/// flight's token (`RANDOM`, no dash).
+pub(crate) fn fence_of(token: &str) -> Option<u64> {
+    let (fence, _) = token.split_once('-')?;
+    fence.parse().ok()
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -278,6 +302,7 @@ impl Transport for Store {
         names: &'a Names,
         waited: Option<&'a str>,
         lease: Duration,
+        fenced: bool,
     ) -> BoxFuture<'a, Result<Acquired, Failure>> {
         Box::pin(async move {
             let nonce = format!("{:016x}", random_u64());
@@ -287,7 +312,8 @@ impl Transport for Store {
             call.arg(millis(lease))
                 .arg(nonce)
                 .arg(waited)
-                .arg(millis(FENCE_MEMORY));
+                .arg(millis(FENCE_MEMORY))
+                .arg(if fenced { "1" } else { "0" });
             let reply: Vec<Vec<u8>> = self
                 .run(|mut c| async move { call.invoke_async(&mut c).await })
                 .await?;

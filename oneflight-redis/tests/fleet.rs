@@ -124,9 +124,21 @@ async fn an_old_envelope_version_is_a_miss() {
 }
 
 #[tokio::test]
-async fn fencing_numbers_grow_with_each_flight_of_a_key() {
+async fn fencing_numbers_grow_with_each_fenced_flight_and_only_those_take_one() {
     let Some(server) = server() else { return };
     let fleet: Fleet<u64> = Fleet::new(server.client(), "t");
+    let mut connection = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut fence_key_exists = async |key: &str| -> bool {
+        redis::cmd("EXISTS")
+            .arg(format!("oneflight:{{t:{key}}}:fence"))
+            .query_async(&mut connection)
+            .await
+            .unwrap()
+    };
     let mut last = 0;
     for _ in 0..5 {
         let fence = fleet
@@ -137,7 +149,15 @@ async fn fencing_numbers_grow_with_each_flight_of_a_key() {
             .await;
         assert!(fence > last, "{fence} after {last}");
         last = fence;
+        // An unfenced flight between two fenced ones takes no number.
+        assert_eq!(fleet.work("k", async { 0 }).await, 0);
     }
+    assert!(fence_key_exists("k").await);
+    assert_eq!(fleet.work("plain", async { 1 }).await, 1);
+    assert!(
+        !fence_key_exists("plain").await,
+        "a `work` flight wrote a fence"
+    );
 }
 
 fn unreachable_redis() -> redis::Client {
