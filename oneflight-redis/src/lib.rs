@@ -38,10 +38,10 @@
 //!                                                                 value:T1 → the value
 //! ```
 //!
-//! - **Acquire** is one Lua script: take the lease with a fresh token (fencing number +
-//!   random), or say who holds it, or, for a waiter, hand over the value of the flight it
-//!   waited on; if the lease is gone without a value (holder killed, released), the
-//!   waiter takes the key over in the same atomic step.
+//! - **Acquire** is one Lua script: take the lease with a fresh token (random, after a
+//!   fencing number for `work_fenced`), or say who holds it, or, for a waiter, hand over
+//!   the value of the flight it waited on; if the lease is gone without a value (holder
+//!   killed, released), the waiter takes the key over in the same atomic step.
 //! - **Publish**, **renew** and **release** are compare-and-set scripts on the token: a
 //!   holder that lost its lease can neither overwrite nor extend nor end the flight that
 //!   replaced it.
@@ -54,8 +54,8 @@
 //!
 //! Keys of one flight share the hash tag `{namespace:key}`, so a Redis Cluster keeps them
 //! on one slot: `oneflight:{ns:key}:lease`, `…:value:TOKEN` (kept one lease for late
-//! pollers) and `…:fence` (the last fencing number, kept a day). Ends of flights are
-//! announced on `oneflight:ns:done`.
+//! pollers) and, for keys loaded with `work_fenced`, `…:fence` (the last fencing number,
+//! kept a day). Ends of flights are announced on `oneflight:ns:done`.
 //!
 //! # What you can rely on
 //!
