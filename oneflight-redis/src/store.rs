@@ -32,7 +32,7 @@ use crate::runtime;
 /// the key's last fenced flight). An unfenced flight's token is the random part alone: it
 /// neither reads nor writes the fence key, so callers who do not fence pay for neither.
 ///
-/// KEYS: lease, fence, value of the waited flight (or any key when ARGV[3] is empty).
+/// KEYS: lease, fence, value of the waited flight (or any key when `ARGV[3]` is empty).
 /// ARGV: lease ms, random part of the token, waited token or "", fence memory ms, '1' for
 /// a fenced flight.
 /// Returns `{"value", payload}`, `{"wait", holder's token}` or `{"hold", our token}`.
@@ -59,7 +59,7 @@ return {'hold', token}
 /// Publishes a value only while the lease is still ours: compare-and-set, so that a holder
 /// paused past its lease cannot overwrite or announce over the flight that replaced it.
 ///
-/// The announcement carries the payload too when ARGV[5] is '1' (a small value), so that
+/// The announcement carries the payload too when `ARGV[5]` is '1' (a small value), so that
 /// a waiter that hears it needs no second round trip.
 ///
 /// KEYS: lease, value of this flight. ARGV: token, payload, value retention ms, channel,
