@@ -1,27 +1,22 @@
-//! The group: a map of flights keyed by the caller's key, and the callers' roles in a
-//! flight (runner and waiter), each a drop guard that keeps the flight's invariants when
-//! its caller is cancelled or panics.
+//! [`Group`], the public API and its docs. The flights live in the sharded map
+//! ([`crate::map`]); callers act in them through their roles ([`crate::roles`]).
 
-use std::any::Any;
 use std::borrow::{Borrow, Cow};
-use std::collections::HashMap;
 use std::fmt;
-use std::future::{Future, IntoFuture, poll_fn};
+use std::future::IntoFuture;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::{Pin, pin};
-use std::task::Poll;
+use std::panic::resume_unwind;
+use std::pin::pin;
 
 use async_channel::Receiver;
 use futures_util::future::BoxFuture;
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry as Slot;
 
-use crate::flight::{Flight, FlightId, Phase, Start, Waiters, drop_quietly};
-use crate::outcome::{Outcome, Panicked};
-use crate::reentrance;
+use crate::flight::{FlightId, Start};
+use crate::map::Inner;
+use crate::outcome::Outcome;
+use crate::roles::{Runner, Waiter};
 use crate::stats::Stats;
-use crate::sync::{Arc, Mutex, MutexGuard, Ordering};
+use crate::sync::Arc;
 
 /// A namespace of flights: duplicate call suppression for one kind of work.
 ///
@@ -42,46 +37,6 @@ use crate::sync::{Arc, Mutex, MutexGuard, Ordering};
 /// ```
 pub struct Group<K, V, S = RandomState> {
     inner: Arc<Inner<K, V, S>>,
-}
-
-/// What the handles of a group share.
-struct Inner<K, V, S> {
-    /// Hashes each key once, outside the lock.
-    hasher: S,
-    /// Every flight and its state, split by key hash over a power of two of shards, so
-    /// that callers of different keys on different threads rarely wait for each other.
-    shards: Box<[Shard<K, V>]>,
-    /// `64 - log2(shards.len())`: selects a shard from a hash.
-    shift: u32,
-}
-
-/// One shard's lock, alone on its cache lines so that shards don't contend by sharing.
-/// A short lock: never held across an `.await`, while a caller's future runs, or while
-/// user code runs, but for the caller's own key's `Eq`, `Borrow` and `ToOwned`.
-#[repr(align(128))]
-struct Shard<K, V>(Mutex<Flights<K, V>>);
-
-/// The flights of a group, guarded by its lock.
-struct Flights<K, V> {
-    /// The flights a new caller would join, one per key. Each entry keeps its key's hash,
-    /// so growing the table runs no user code.
-    table: HashTable<Entry<K, V>>,
-    /// Forgotten flights that still run, by id: their callers still reach them.
-    forgotten: HashMap<u64, Flight<V>>,
-    /// The id of the next flight.
-    next_id: u64,
-    /// What happened to this shard's flights.
-    counts: Stats,
-}
-
-/// A flight in the map.
-struct Entry<K, V> {
-    /// `hasher.hash_one(key)`, computed once by the caller that started the flight.
-    hash: u64,
-    /// The key, owned.
-    key: K,
-    /// The flight's state.
-    flight: Flight<V>,
 }
 
 impl<K, V> Group<K, V, RandomState> {
@@ -112,22 +67,8 @@ impl<K, V, S> Group<K, V, S> {
     /// assert_eq!(group.in_flight(), 0);
     /// ```
     pub fn with_hasher(hasher: S) -> Self {
-        let shards = shard_count();
         Group {
-            inner: Arc::new(Inner {
-                hasher,
-                shards: (0..shards)
-                    .map(|_| {
-                        Shard(Mutex::new(Flights {
-                            table: HashTable::new(),
-                            forgotten: HashMap::new(),
-                            next_id: 0,
-                            counts: Stats::default(),
-                        }))
-                    })
-                    .collect(),
-                shift: 64 - shards.trailing_zeros(),
-            }),
+            inner: Arc::new(Inner::new(hasher)),
         }
     }
 
@@ -144,8 +85,7 @@ impl<K, V, S> Group<K, V, S> {
     /// # });
     /// ```
     pub fn in_flight(&self) -> usize {
-        let shards = self.inner.shards.iter();
-        shards.map(|shard| lock(&shard.0).table.len()).sum()
+        self.inner.in_flight()
     }
 
     /// The counters since this group was created, shared by its clones; see [`Stats`].
@@ -162,10 +102,7 @@ impl<K, V, S> Group<K, V, S> {
     /// # });
     /// ```
     pub fn stats(&self) -> Stats {
-        let shards = self.inner.shards.iter();
-        shards.fold(Stats::default(), |sum, shard| {
-            sum.add(lock(&shard.0).counts)
-        })
+        self.inner.stats()
     }
 }
 
@@ -200,7 +137,7 @@ where
     /// # Panics
     ///
     /// - If the flight's future panics, the caller running it sees that panic unchanged,
-    ///   and every `work` caller waiting on the flight panics with a [`Panicked`] payload
+    ///   and every `work` caller waiting on the flight panics with a [`Panicked`](crate::Panicked) payload
     ///   that carries the original message. The flight is not retried; the next call of
     ///   the key starts a new flight.
     /// - A panic in the key's `Hash`, `Eq`, `Borrow` or `ToOwned`, or in the hasher or in
@@ -254,13 +191,7 @@ where
         let mut runner = match waiters {
             None => Runner::new(Cow::Borrowed(&self.inner), flight),
             Some((waiters, vacancies)) => {
-                let mut waiter = Waiter {
-                    group: &self.inner,
-                    flight,
-                    waiters,
-                    vacancies,
-                    armed: true,
-                };
+                let mut waiter = Waiter::new(&self.inner, flight, waiters, vacancies);
                 match waiter.wait().await {
                     Ok(Ok(value)) => return value.clone(),
                     Ok(Err(panicked)) => resume_unwind(Box::new(panicked.clone())),
@@ -352,7 +283,7 @@ where
     ///
     /// - If the flight's future panics, the task catches it, every receiver's channel
     ///   closes (`recv()` returns `Err(RecvError)`), waiting `work` callers panic with
-    ///   [`Panicked`], and the key is free again.
+    ///   [`Panicked`](crate::Panicked), and the key is free again.
     /// - If the executor drops the task before it finishes, the flight is handed over as
     ///   if a `work` runner were cancelled; receivers whose future is gone and that nobody
     ///   else can serve see their channel closed.
@@ -449,7 +380,7 @@ where
     ///
     /// - If the flight's future panics, the task catches it, every receiver's channel
     ///   closes (`recv()` returns `Err(RecvError)`), waiting `work` callers panic with
-    ///   [`Panicked`], and the key is free again. A panic in `V`'s `Clone` on the way to
+    ///   [`Panicked`](crate::Panicked), and the key is free again. A panic in `V`'s `Clone` on the way to
     ///   one receiver closes only that receiver's channel.
     /// - With only the `tokio` feature on, called outside a Tokio runtime, it panics at
     ///   once, before joining any flight, with a message that names `do_chan_with`. The
@@ -522,7 +453,7 @@ where
     /// # Panics
     ///
     /// As [`work`](Self::work): a panic of the flight's future reaches its runner
-    /// unchanged and every waiting caller as [`Panicked`]; a re-entrant call panics.
+    /// unchanged and every waiting caller as [`Panicked`](crate::Panicked); a re-entrant call panics.
     ///
     /// # Examples
     ///
@@ -576,368 +507,5 @@ impl<K, V, S> fmt::Debug for Group<K, V, S> {
         f.debug_struct("Group")
             .field("in_flight", &self.in_flight())
             .finish_non_exhaustive()
-    }
-}
-
-impl<K, V, S> Inner<K, V, S> {
-    /// Locks the shard of the flights whose keys hash to `hash`. The shard is chosen by
-    /// the bits right below the top seven, which the tables use neither for their tags
-    /// (the top seven) nor for their buckets (the low bits).
-    fn lock(&self, hash: u64) -> MutexGuard<'_, Flights<K, V>> {
-        lock(&self.shards[((hash << 7) >> self.shift) as usize].0)
-    }
-
-    /// Finds the flight for `key` or starts one, under the lock, and lets `join` record
-    /// the caller in it (`fresh` if the caller starts it).
-    ///
-    /// # Panics
-    ///
-    /// If the caller is inside the poll of the flight it would join (re-entrance), after
-    /// releasing the lock and before joining.
-    #[track_caller]
-    fn join<Q, R>(
-        &self,
-        hash: u64,
-        key: &Q,
-        join: impl FnOnce(&mut Flight<V>, bool) -> R,
-    ) -> (FlightId, R)
-    where
-        Q: ?Sized + Eq + ToOwned,
-        Q::Owned: Into<K>,
-        K: Borrow<Q>,
-    {
-        let mut flights = self.lock(hash);
-        let Flights {
-            table,
-            next_id,
-            counts,
-            ..
-        } = &mut *flights;
-        // The only user code under the lock is the caller's own key: `Eq` and `Borrow`
-        // here, `ToOwned` and `Into` below. A panic in either leaves the table unchanged.
-        match table.entry(hash, |entry| entry.key.borrow() == key, |entry| entry.hash) {
-            Slot::Occupied(mut entry) => {
-                let flight = &mut entry.get_mut().flight;
-                let id = FlightId {
-                    hash,
-                    id: flight.id,
-                };
-                if reentrance::is_running(reentrance::frame(self, id)) {
-                    drop(flights);
-                    reentrance::refuse();
-                }
-                let runs = flight.runs;
-                let joined = join(flight, false);
-                counts.joined += 1;
-                counts.takeovers += flight.runs - runs;
-                (id, joined)
-            }
-            Slot::Vacant(slot) => {
-                let key = key.to_owned().into();
-                let id = *next_id;
-                *next_id += 1;
-                let mut flight = Flight::new(id);
-                let joined = join(&mut flight, true);
-                slot.insert(Entry { hash, key, flight });
-                counts.flights += 1;
-                (FlightId { hash, id }, joined)
-            }
-        }
-    }
-
-    /// Applies `update` to a flight under the lock, and if that ends the flight, removes
-    /// it in the same critical section: only that flight, found by its id, never a newer
-    /// flight of the same key. `None` if the flight has already ended.
-    fn update<R>(&self, id: FlightId, update: impl FnOnce(&mut Flight<V>) -> R) -> Option<R> {
-        let mut flights = self.lock(id.hash);
-        let Flights {
-            table,
-            forgotten,
-            counts,
-            ..
-        } = &mut *flights;
-        match table.find_entry(id.hash, |entry| entry.flight.id == id.id) {
-            Ok(mut entry) => {
-                let flight = &mut entry.get_mut().flight;
-                let runs = flight.runs;
-                let result = update(flight);
-                counts.takeovers += flight.runs - runs;
-                if entry.get().flight.phase == Phase::Ended {
-                    let (Entry { key, .. }, _) = entry.remove();
-                    // The key is dropped after unlocking: its `Drop` is user code.
-                    drop(flights);
-                    drop(key);
-                }
-                Some(result)
-            }
-            Err(_) => {
-                let flight = forgotten.get_mut(&id.id)?;
-                let runs = flight.runs;
-                let result = update(flight);
-                counts.takeovers += flight.runs - runs;
-                if flight.phase == Phase::Ended {
-                    forgotten.remove(&id.id);
-                }
-                Some(result)
-            }
-        }
-    }
-
-    /// Forgets the flight for `key` if `when` agrees on its state: moves it out of the
-    /// map, to run on for the callers that have it.
-    fn forget<Q>(&self, key: &Q, when: impl FnOnce(&Flight<V>) -> bool) -> bool
-    where
-        Q: ?Sized + Hash + Eq,
-        K: Borrow<Q>,
-        S: BuildHasher,
-    {
-        let hash = self.hasher.hash_one(key);
-        let mut flights = self.lock(hash);
-        let Flights {
-            table,
-            forgotten,
-            counts,
-            ..
-        } = &mut *flights;
-        match table.find_entry(hash, |entry| entry.key.borrow() == key) {
-            Ok(entry) if when(&entry.get().flight) => {
-                let (Entry { key, flight, .. }, _) = entry.remove();
-                counts.forgotten += 1;
-                forgotten.insert(flight.id, flight);
-                drop(flights);
-                drop(key);
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-/// How many shards a group has: four per thread that can run at once, as dashmap does,
-/// enough that two callers of different keys rarely meet on one lock. Asked of the system
-/// once per process (it reads files on Linux), not once per group.
-fn shard_count() -> usize {
-    static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SHARDS.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-        (threads * 4).next_power_of_two().clamp(4, 256)
-    })
-}
-
-/// Locks a shard. A panic under the lock (in a key's `Eq` or `ToOwned`) leaves the
-/// flights as they were, so a poisoned lock is used as is.
-fn lock<K, V>(shard: &Mutex<Flights<K, V>>) -> MutexGuard<'_, Flights<K, V>> {
-    shard
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl<K, V> Flights<K, V> {
-    /// Takes the flight named by `id` out of the map, with its key, or out of the
-    /// forgotten flights.
-    fn remove(&mut self, id: FlightId) -> Option<(Flight<V>, Option<K>)> {
-        match self
-            .table
-            .find_entry(id.hash, |entry| entry.flight.id == id.id)
-        {
-            Ok(entry) => {
-                let (Entry { key, flight, .. }, _) = entry.remove();
-                Some((flight, Some(key)))
-            }
-            Err(_) => Some((self.forgotten.remove(&id.id)?, None)),
-        }
-    }
-
-    /// The flight named by `id`, in the map or among the forgotten ones.
-    fn get_mut(&mut self, id: FlightId) -> Option<&mut Flight<V>> {
-        let Flights {
-            table, forgotten, ..
-        } = self;
-        match table.find_mut(id.hash, |entry| entry.flight.id == id.id) {
-            Some(entry) => Some(&mut entry.flight),
-            None => forgotten.get_mut(&id.id),
-        }
-    }
-}
-
-/// The caller that runs a flight's future: a `work` caller or a spawned task. If it is
-/// dropped before the flight ends, it hands the flight over.
-struct Runner<'g, K, V, S> {
-    /// Borrowed by a `work` caller; owned by a spawned task, which must be `'static`.
-    group: Cow<'g, Arc<Inner<K, V, S>>>,
-    flight: FlightId,
-    /// Set once the outcome is published; disarms the hand-over on drop.
-    finished: bool,
-}
-
-impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
-    fn new(group: Cow<'g, Arc<Inner<K, V, S>>>, flight: FlightId) -> Self {
-        Runner {
-            group,
-            flight,
-            finished: false,
-        }
-    }
-
-    /// Runs the flight in a spawned task, which keeps no value and swallows the panic
-    /// (published to the other callers already).
-    async fn run_task<F: IntoFuture<Output = V>>(mut self, fut: F) {
-        // After `self`, as `run` requires. If `into_future` panics, `self` hands the
-        // flight over.
-        let fut = pin!(Some(fut.into_future()));
-        if let Err(payload) = self.run(fut, false).await {
-            drop_quietly(payload);
-        }
-    }
-
-    /// Polls `fut` to the end and publishes its outcome. Returns the runner's own copy of
-    /// the value if `keep`, or the panic payload.
-    ///
-    /// `fut` is pinned by the caller, in its own frame rather than moved into this
-    /// future, so that a `work` future holds the user's future twice (unstarted, then
-    /// pinned) rather than three times. The caller declares it after the runner, so that
-    /// it is dropped before the runner: a cancelled future is gone before the hand-over in
-    /// `Runner::drop` lets another caller's future start.
-    async fn run<Fut: Future<Output = V>>(
-        &mut self,
-        mut fut: Pin<&mut Option<Fut>>,
-        keep: bool,
-    ) -> Result<Option<V>, Box<dyn Any + Send>> {
-        let frame = reentrance::frame(&**self.group, self.flight);
-        let polled = poll_fn(|cx| {
-            let running = fut.as_mut().as_pin_mut().expect("polled after its end");
-            // Outside `catch_unwind`, which returns normally even when the future panics.
-            let _polling = reentrance::polling(frame);
-            match catch_unwind(AssertUnwindSafe(|| running.poll(cx))) {
-                Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-                Ok(Poll::Pending) => Poll::Pending,
-                Err(payload) => Poll::Ready(Err(payload)),
-            }
-        })
-        .await;
-        match polled {
-            Ok(value) => Ok(self.publish(Ok(value), keep)),
-            Err(payload) => {
-                self.publish(Err(Panicked::from_payload(&*payload)), false);
-                // Gone before the panic resumes, as it would be without oneflight.
-                fut.set(None);
-                Err(payload)
-            }
-        }
-    }
-
-    /// Ends the flight with `outcome`: removes it and publishes in one critical section,
-    /// then wakes and sends to the waiting callers.
-    fn publish(&mut self, outcome: Result<V, Panicked>, keep: bool) -> Option<V> {
-        self.finished = true;
-        let mut flights = self.group.lock(self.flight.hash);
-        let (flight, key) = flights
-            .remove(self.flight)
-            .expect("only its runner ends a running flight");
-        if outcome.is_err() {
-            flights.counts.panics += 1;
-        }
-        // Fast path: nobody else ever waited on this flight.
-        let Some(mut ended) = flight.end() else {
-            // The key is dropped after unlocking: its `Drop` is user code.
-            drop(flights);
-            drop(key);
-            return outcome.ok().filter(|_| keep);
-        };
-        let mut unshared = Some(outcome);
-        if let Some(waiters) = &ended.waiters {
-            let _ = waiters
-                .outcome
-                .set(unshared.take().expect("published once"));
-        }
-        drop(flights);
-        drop(key);
-        let waiters = ended.waiters.take();
-        if let (true, Some(waiters)) = (ended.waiting, &waiters) {
-            waiters.event.notify(usize::MAX);
-        }
-        let published = match (&unshared, &waiters) {
-            (Some(outcome), _) => outcome.as_ref().ok(),
-            (None, Some(waiters)) => waiters.outcome.get().and_then(|o| o.as_ref().ok()),
-            (None, None) => None,
-        };
-        ended.deliver(published);
-        if !keep {
-            return None;
-        }
-        match unshared {
-            Some(outcome) => outcome.ok(),
-            // The runner's clone comes last: if it panics, only the runner is hurt.
-            None => published.cloned(),
-        }
-    }
-}
-
-impl<K, V, S> Drop for Runner<'_, K, V, S> {
-    fn drop(&mut self) {
-        if !self.finished {
-            if let Some(handover) = self.group.update(self.flight, Flight::vacate) {
-                handover.run(self.flight);
-            }
-        }
-    }
-}
-
-/// A `work` caller waiting on another caller's run. If dropped while waiting, it leaves
-/// the flight, handing it on if the flight was vacant and counting on this caller.
-struct Waiter<'g, K, V, S> {
-    group: &'g Arc<Inner<K, V, S>>,
-    flight: FlightId,
-    /// Where the outcome appears, and the event that announces it.
-    waiters: Arc<Waiters<V>>,
-    /// `waiters.vacancies` when this caller last looked at the flight under the lock.
-    vacancies: u64,
-    /// Whether this caller is still counted among the flight's waiting callers.
-    armed: bool,
-}
-
-impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
-    /// Waits until the flight ends (its outcome) or needs this caller to run it.
-    async fn wait(&mut self) -> Result<&Result<V, Panicked>, Runner<'g, K, V, S>> {
-        loop {
-            // Fast path: the flight has ended.
-            if let Some(outcome) = self.waiters.outcome.get() {
-                self.armed = false;
-                return Ok(outcome);
-            }
-            // Listen first, then check, so that no wake-up is missed in between: the
-            // outcome and the vacancy count are both set before the event fires.
-            event_listener::listener!(self.waiters.event => listener);
-            if self.waiters.outcome.get().is_some() {
-                continue;
-            }
-            if self.waiters.vacancies.load(Ordering::SeqCst) != self.vacancies {
-                // The flight became vacant since this caller last looked: claim it, unless
-                // another caller did first.
-                let mut flights = self.group.lock(self.flight.hash);
-                let Some(flight) = flights.get_mut(self.flight) else {
-                    // Ended: its outcome was set in the critical section that removed it.
-                    continue;
-                };
-                if flight.claim_waiting() {
-                    flights.counts.takeovers += 1;
-                    drop(flights);
-                    self.armed = false;
-                    return Err(Runner::new(Cow::Borrowed(self.group), self.flight));
-                }
-                self.vacancies = self.waiters.vacancies.load(Ordering::SeqCst);
-            }
-            listener.await;
-        }
-    }
-}
-
-impl<K, V, S> Drop for Waiter<'_, K, V, S> {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Some(handover) = self.group.update(self.flight, Flight::leave) {
-                handover.run(self.flight);
-            }
-        }
     }
 }

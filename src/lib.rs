@@ -141,8 +141,10 @@
 
 mod flight;
 mod group;
+mod map;
 mod outcome;
 mod reentrance;
+mod roles;
 #[cfg(any(feature = "smol", feature = "async-std", feature = "tokio"))]
 mod runtime;
 mod stats;
