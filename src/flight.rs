@@ -26,15 +26,23 @@
 //!   `work` caller waits; a flight that ends without one (nobody could run it) has no
 //!   `work` caller waiting.
 //! - No user code (futures, spawners, `Clone`, drops of user values) runs under the lock:
-//!   what must be dropped or started is handed out and dealt with after unlocking.
+//!   what must be dropped or started is handed out and dealt with after unlocking. Wakers
+//!   are cloned under the lock (executors make that a reference count), but never dropped
+//!   or woken there: a waker's drop may drop a task, and with it a user's future.
+//! - Each waiting `work` caller has a slot in [`Followers::wakers`]. A slot holds the
+//!   caller's waker unless a vacancy or the end of the flight took it out to wake it;
+//!   whoever takes wakers out wakes every one of them after unlocking. A waiter that was
+//!   woken without an outcome (a vacancy) takes the lock, and puts its waker back while
+//!   it holds it. So no wake-up is lost: the end of the flight and every vacancy, both
+//!   under the lock, find the waker of each waiting caller that has not yet been woken.
 //!
-//! An uncontended flight allocates nothing here: [`Waiters`], what `work` followers wait
-//! on, is allocated when the first of them joins.
+//! An uncontended flight allocates nothing here: [`Followers`], what `work` followers
+//! wait on, is allocated when the first of them joins.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::task::Waker;
 
 use async_channel::Sender;
-use event_listener::Event;
 
 use crate::outcome::{Outcome, Panicked};
 use crate::sync::{Arc, AtomicU64, OnceLock, Ordering};
@@ -61,8 +69,8 @@ pub(crate) struct Flight<V> {
     pub(crate) runs: u64,
     /// `work` callers waiting now (the runner not included).
     waiting: usize,
-    /// What waiting `work` callers listen on; allocated when the first of them joins.
-    waiters: Option<Arc<Waiters<V>>>,
+    /// The `work` callers that ever waited; allocated when the first of them joins.
+    followers: Option<Box<Followers<V>>>,
     /// The `do_chan` callers; allocated when the first of them joins.
     channels: Option<Box<Channels<V>>>,
 }
@@ -75,17 +83,40 @@ pub(crate) struct Channels<V> {
     standby: Vec<Standby>,
 }
 
+/// A flight's waiting `work` callers.
+pub(crate) struct Followers<V> {
+    /// What they read without the lock.
+    pub(crate) waiters: Arc<Waiters<V>>,
+    /// Their wakers, one slot each; see the module docs.
+    pub(crate) wakers: Wakers,
+}
+
 /// What waiting `work` callers share with the flight, outside the lock.
 pub(crate) struct Waiters<V> {
     /// The flight's result: written once, in the critical section that ends the flight,
     /// and read without a lock afterwards.
     pub(crate) outcome: OnceLock<Result<V, Panicked>>,
-    /// Wakes waiting `work` callers when the flight ends or becomes vacant.
-    pub(crate) event: Event,
     /// How often the flight became vacant with `work` callers waiting; raised under the
     /// lock before they are woken. A waiter that saw no change since it last looked under
     /// the lock knows there is nothing to claim, and waits without taking the lock.
     pub(crate) vacancies: AtomicU64,
+}
+
+/// The wakers of a flight's waiting `work` callers: a slot per caller, as futures'
+/// `Shared` keeps them in a slab. A free slot links to the next free one, so that a
+/// flight whose callers come and go reuses its slots.
+#[derive(Default)]
+pub(crate) struct Wakers {
+    slots: Vec<Slot>,
+    /// The first free slot, if any.
+    free: Option<usize>,
+}
+
+enum Slot {
+    /// A waiting caller's: its waker, or `None` once taken out to be woken.
+    Waiting(Option<Waker>),
+    /// Free, with the next free slot.
+    Free(Option<usize>),
 }
 
 /// The phase of a flight; see the module docs.
@@ -114,7 +145,7 @@ pub(crate) enum Handover<V> {
     /// Nothing: a runner remains or is already being chosen.
     Nothing,
     /// Every waiting `work` caller must be woken; the first claims the run.
-    WakeWaiters(Arc<Waiters<V>>),
+    WakeWaiters(Vec<Waker>),
     /// This standby's future must be spawned; it already owns the run. The others are
     /// gone (their receivers were dropped) and are dropped after unlocking.
     Start(Standby, Vec<Standby>),
@@ -127,10 +158,9 @@ pub(crate) enum Handover<V> {
 pub(crate) struct Ended<V> {
     /// Whether more than one caller joined.
     pub(crate) shared: bool,
-    /// Where waiting `work` callers find the outcome, if any ever joined.
-    pub(crate) waiters: Option<Arc<Waiters<V>>>,
-    /// Whether a `work` caller waits now, to be woken.
-    pub(crate) waiting: bool,
+    /// Where waiting `work` callers find the outcome, and their wakers to wake once it is
+    /// set, if any ever joined.
+    pub(crate) followers: Option<Box<Followers<V>>>,
     /// The `do_chan` callers to send the outcome to, and the futures of those that were
     /// never needed, to drop after unlocking.
     pub(crate) channels: Option<Box<Channels<V>>>,
@@ -145,7 +175,7 @@ impl<V> Flight<V> {
             joined: 1,
             runs: 1,
             waiting: 0,
-            waiters: None,
+            followers: None,
             channels: None,
         }
     }
@@ -160,23 +190,35 @@ impl<V> Flight<V> {
         })
     }
 
-    /// A `work` caller joins. Returns `None` if it must run the flight now (it was
-    /// vacant), else what it waits on and the count of vacancies so far.
-    pub(crate) fn join_work(&mut self) -> Option<(Arc<Waiters<V>>, u64)> {
+    /// A `work` caller joins, woken by `waker` while it waits. Returns `None` if it must
+    /// run the flight now (it was vacant), else where it waits: what it reads, the count
+    /// of vacancies so far, and its slot.
+    pub(crate) fn join_work(&mut self, waker: &Waker) -> Option<Joined<V>> {
         self.joined += 1;
         if self.claim() {
             return None;
         }
         self.waiting += 1;
-        let waiters = self.waiters.get_or_insert_with(|| {
-            Arc::new(Waiters {
-                outcome: OnceLock::new(),
-                event: Event::new(),
-                vacancies: AtomicU64::new(0),
+        let followers = self.followers.get_or_insert_with(|| {
+            Box::new(Followers {
+                waiters: Arc::new(Waiters {
+                    outcome: OnceLock::new(),
+                    vacancies: AtomicU64::new(0),
+                }),
+                wakers: Wakers::default(),
             })
         });
-        let vacancies = waiters.vacancies.load(Ordering::SeqCst);
-        Some((waiters.clone(), vacancies))
+        Some(Joined {
+            vacancies: followers.waiters.vacancies.load(Ordering::SeqCst),
+            waiters: followers.waiters.clone(),
+            slot: followers.wakers.insert(waker.clone()),
+        })
+    }
+
+    /// Puts a waiting caller's current waker in its slot. Returns the waker it replaced,
+    /// to drop after unlocking.
+    pub(crate) fn register(&mut self, slot: usize, waker: &Waker) -> Option<Waker> {
+        self.wakers().replace(slot, Some(waker.clone()))
     }
 
     /// A `do_chan` caller joins with its sender. Returns its `start` back if it must run
@@ -201,6 +243,14 @@ impl<V> Flight<V> {
         self.channels().senders.push(sender);
     }
 
+    /// The slots of waiting callers, who have them since they joined.
+    fn wakers(&mut self) -> &mut Wakers {
+        let followers = self.followers.as_mut();
+        &mut followers
+            .expect("waiting callers have their followers")
+            .wakers
+    }
+
     /// Makes the caller the runner if the flight is vacant.
     fn claim(&mut self) -> bool {
         debug_assert_ne!(self.phase, Phase::Ended, "ended flights are unreachable");
@@ -212,13 +262,14 @@ impl<V> Flight<V> {
         false
     }
 
-    /// A waiting `work` caller claims a vacant flight. Returns whether it now runs it.
-    pub(crate) fn claim_waiting(&mut self) -> bool {
-        let claimed = self.claim();
-        if claimed {
-            self.waiting -= 1;
+    /// A waiting `work` caller claims a vacant flight. Returns whether it now runs it, and
+    /// if so the waker its slot still held, to drop after unlocking.
+    pub(crate) fn claim_waiting(&mut self, slot: usize) -> Option<Option<Waker>> {
+        if !self.claim() {
+            return None;
         }
-        claimed
+        self.waiting -= 1;
+        Some(self.wakers().remove(slot))
     }
 
     /// Whether any caller but the first ever joined.
@@ -229,13 +280,12 @@ impl<V> Flight<V> {
     /// The runner finished, and the flight was taken out of the group's structures.
     /// `None` if no other caller ever waited on it: there is nobody to tell.
     pub(crate) fn end(self) -> Option<Ended<V>> {
-        if self.waiters.is_none() && self.channels.is_none() {
+        if self.followers.is_none() && self.channels.is_none() {
             return None;
         }
         Some(Ended {
             shared: self.shared(),
-            waiters: self.waiters,
-            waiting: self.waiting > 0,
+            followers: self.followers,
             channels: self.channels,
         })
     }
@@ -247,24 +297,27 @@ impl<V> Flight<V> {
         self.reassign()
     }
 
-    /// A waiting `work` caller went away.
-    pub(crate) fn leave(&mut self) -> Handover<V> {
+    /// A waiting `work` caller went away, from `slot`. Returns what must happen next, and
+    /// the waker its slot still held, to drop after unlocking.
+    pub(crate) fn leave(&mut self, slot: usize) -> (Handover<V>, Option<Waker>) {
         self.waiting -= 1;
-        match self.phase {
+        let waker = self.wakers().remove(slot);
+        let handover = match self.phase {
             Phase::Vacant => self.reassign(),
             Phase::Running | Phase::Ended => Handover::Nothing,
-        }
+        };
+        (handover, waker)
     }
 
     /// Chooses the next runner of a vacant flight, or ends it.
     fn reassign(&mut self) -> Handover<V> {
         if self.waiting > 0 {
-            let waiters = self
-                .waiters
-                .clone()
-                .expect("waiting callers have their waiters");
-            waiters.vacancies.fetch_add(1, Ordering::SeqCst);
-            return Handover::WakeWaiters(waiters);
+            let followers = self
+                .followers
+                .as_mut()
+                .expect("waiting callers have their followers");
+            followers.waiters.vacancies.fetch_add(1, Ordering::SeqCst);
+            return Handover::WakeWaiters(followers.wakers.take_all());
         }
         // A `do_chan` caller whose receiver is gone no longer waits: skip it.
         if let Some(channels) = &mut self.channels {
@@ -287,9 +340,7 @@ impl<V> Handover<V> {
     pub(crate) fn run(self, flight: FlightId) {
         match self {
             Handover::Nothing => {}
-            Handover::WakeWaiters(waiters) => {
-                waiters.event.notify(usize::MAX);
-            }
+            Handover::WakeWaiters(wakers) => wakers.into_iter().for_each(Waker::wake),
             Handover::Start(next, gone) => {
                 drop_quietly(gone);
                 // The spawner belongs to the caller being started, not to the one running
@@ -341,6 +392,70 @@ impl<V: Clone> Ended<V> {
         }
         channels.close();
     }
+}
+
+impl Wakers {
+    /// A new slot holding `waker`.
+    fn insert(&mut self, waker: Waker) -> usize {
+        match self.free {
+            Some(free) => {
+                let Slot::Free(next) = self.slots[free] else {
+                    unreachable!("the free list links free slots")
+                };
+                self.free = next;
+                self.slots[free] = Slot::Waiting(Some(waker));
+                free
+            }
+            None => {
+                self.slots.push(Slot::Waiting(Some(waker)));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Puts `waker` in the caller's slot; returns what it held.
+    fn replace(&mut self, slot: usize, waker: Option<Waker>) -> Option<Waker> {
+        match &mut self.slots[slot] {
+            Slot::Waiting(held) => std::mem::replace(held, waker),
+            Slot::Free(_) => unreachable!("a waiting caller's slot is not free"),
+        }
+    }
+
+    /// Frees the caller's slot; returns the waker it held.
+    fn remove(&mut self, slot: usize) -> Option<Waker> {
+        let waker = self.replace(slot, None);
+        self.slots[slot] = Slot::Free(self.free);
+        self.free = Some(slot);
+        waker
+    }
+
+    /// Wakes every waker of an ended flight's callers, after unlocking.
+    pub(crate) fn wake_all(self) {
+        for slot in self.slots {
+            if let Slot::Waiting(Some(waker)) = slot {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Takes every waker out of its slot, to wake after unlocking. The slots stay
+    /// with their callers.
+    fn take_all(&mut self) -> Vec<Waker> {
+        let slots = self.slots.iter_mut();
+        slots
+            .filter_map(|slot| match slot {
+                Slot::Waiting(waker) => waker.take(),
+                Slot::Free(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// What a waiting `work` caller needs from [`Flight::join_work`].
+pub(crate) struct Joined<V> {
+    pub(crate) waiters: Arc<Waiters<V>>,
+    pub(crate) vacancies: u64,
+    pub(crate) slot: usize,
 }
 
 /// Drops user values (futures, spawners, panic payloads) where a panic in their `Drop`

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use crate::flight::{FlightId, Start};
 use crate::map::Inner;
 use crate::outcome::Outcome;
-use crate::roles::{Runner, Waiter};
+use crate::roles::{Arrival, Runner};
 use crate::stats::Stats;
 use crate::sync::Arc;
 
@@ -180,24 +180,9 @@ where
         V: Clone,
     {
         let hash = self.inner.hasher.hash_one(key);
-        let (flight, waiters) =
-            self.inner.join(
-                hash,
-                key,
-                |flight, fresh| {
-                    if fresh { None } else { flight.join_work() }
-                },
-            );
-        let mut runner = match waiters {
-            None => Runner::new(Cow::Borrowed(&self.inner), flight),
-            Some((waiters, vacancies)) => {
-                let mut waiter = Waiter::new(&self.inner, flight, waiters, vacancies);
-                match waiter.wait().await {
-                    Ok(Ok(value)) => return value.clone(),
-                    Ok(Err(panicked)) => resume_unwind(Box::new(panicked.clone())),
-                    Err(runner) => runner,
-                }
-            }
+        let mut runner = match Arrival::new(&self.inner, hash, key).await {
+            Ok(value) => return value,
+            Err(runner) => runner,
         };
         // After `runner`, as `Runner::run` requires. If `into_future` panics, `runner`
         // hands the flight over.

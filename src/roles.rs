@@ -4,13 +4,13 @@
 //! panics: a dropped runner hands the flight over, a dropped waiter leaves it.
 
 use std::any::Any;
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::future::{Future, IntoFuture, poll_fn};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::{Pin, pin};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
-use crate::flight::{Flight, FlightId, Waiters, drop_quietly};
+use crate::flight::{Flight, FlightId, Followers, Joined, Waiters, drop_quietly};
 use crate::map::Inner;
 use crate::outcome::Panicked;
 use crate::reentrance;
@@ -101,17 +101,19 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
             return outcome.ok().filter(|_| keep);
         };
         let mut unshared = Some(outcome);
-        if let Some(waiters) = &ended.waiters {
-            let _ = waiters
+        if let Some(followers) = &ended.followers {
+            let _ = followers
+                .waiters
                 .outcome
                 .set(unshared.take().expect("published once"));
         }
         drop(flights);
         drop(key);
-        let waiters = ended.waiters.take();
-        if let (true, Some(waiters)) = (ended.waiting, &waiters) {
-            waiters.event.notify(usize::MAX);
-        }
+        let waiters = ended.followers.take().map(|followers| {
+            let Followers { waiters, wakers } = *followers;
+            wakers.wake_all();
+            waiters
+        });
         let published = match (&unshared, &waiters) {
             (Some(outcome), _) => outcome.as_ref().ok(),
             (None, Some(waiters)) => waiters.outcome.get().and_then(|o| o.as_ref().ok()),
@@ -139,13 +141,79 @@ impl<K, V, S> Drop for Runner<'_, K, V, S> {
     }
 }
 
+/// A `work` caller until it has the flight's value or must run the flight: it joins at
+/// its first poll, with the task's waker at hand so that a follower's waker goes into its
+/// slot in the same critical section, then waits if another caller runs the flight.
+///
+/// A future of its own, owning its waiter, rather than a closure in `work`'s body that
+/// borrows one there: a borrow into the body's own frame is a self-reference, which
+/// combinators that read the whole `work` future through a shared reference (`select!`'s
+/// `is_terminated`) would alias.
+pub(crate) struct Arrival<'g, 'k, K, V, S, Q: ?Sized> {
+    group: &'g Arc<Inner<K, V, S>>,
+    hash: u64,
+    key: &'k Q,
+    /// Once joined as a follower.
+    waiter: Option<Waiter<'g, K, V, S>>,
+}
+
+impl<'g, 'k, K, V, S, Q: ?Sized> Arrival<'g, 'k, K, V, S, Q> {
+    pub(crate) fn new(group: &'g Arc<Inner<K, V, S>>, hash: u64, key: &'k Q) -> Self {
+        Arrival {
+            group,
+            hash,
+            key,
+            waiter: None,
+        }
+    }
+}
+
+impl<'g, K, V, S, Q> Future for Arrival<'g, '_, K, V, S, Q>
+where
+    Q: ?Sized + Eq + ToOwned,
+    Q::Owned: Into<K>,
+    K: Borrow<Q>,
+    V: Clone,
+{
+    /// The value, or the run of the flight, handed to this caller.
+    type Output = Result<V, Runner<'g, K, V, S>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let waiter = match &mut this.waiter {
+            Some(waiter) => waiter,
+            None => {
+                let (flight, joined) = this.group.join(this.hash, this.key, |flight, fresh| {
+                    if fresh {
+                        None
+                    } else {
+                        flight.join_work(cx.waker())
+                    }
+                });
+                let Some(joined) = joined else {
+                    return Poll::Ready(Err(Runner::new(Cow::Borrowed(this.group), flight)));
+                };
+                let waker = cx.waker().clone();
+                this.waiter
+                    .insert(Waiter::new(this.group, flight, joined, waker))
+            }
+        };
+        waiter.poll_value(cx)
+    }
+}
+
 /// A `work` caller waiting on another caller's run. If dropped while waiting, it leaves
 /// the flight, handing it on if the flight was vacant and counting on this caller.
-pub(crate) struct Waiter<'g, K, V, S> {
+struct Waiter<'g, K, V, S> {
     group: &'g Arc<Inner<K, V, S>>,
     flight: FlightId,
-    /// Where the outcome appears, and the event that announces it.
+    /// Where the outcome appears.
     waiters: Arc<Waiters<V>>,
+    /// This caller's slot in the flight's wakers.
+    slot: usize,
+    /// The waker this caller's slot was last given, to tell when the task's waker changed.
+    registered: Waker,
     /// `waiters.vacancies` when this caller last looked at the flight under the lock.
     vacancies: u64,
     /// Whether this caller is still counted among the flight's waiting callers.
@@ -153,61 +221,90 @@ pub(crate) struct Waiter<'g, K, V, S> {
 }
 
 impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
-    /// A caller that joined `flight` to wait on it, having seen `vacancies` vacancies.
-    pub(crate) fn new(
+    /// A caller that joined `flight` with `registered` as its waker.
+    fn new(
         group: &'g Arc<Inner<K, V, S>>,
         flight: FlightId,
-        waiters: Arc<Waiters<V>>,
-        vacancies: u64,
+        joined: Joined<V>,
+        registered: Waker,
     ) -> Self {
         Waiter {
             group,
             flight,
-            waiters,
-            vacancies,
+            waiters: joined.waiters,
+            slot: joined.slot,
+            registered,
+            vacancies: joined.vacancies,
             armed: true,
         }
     }
 
-    /// Waits until the flight ends (its outcome) or needs this caller to run it.
-    pub(crate) async fn wait(&mut self) -> Result<&Result<V, Panicked>, Runner<'g, K, V, S>> {
-        loop {
-            // Fast path: the flight has ended.
-            if let Some(outcome) = self.waiters.outcome.get() {
-                self.armed = false;
-                return Ok(outcome);
-            }
-            // Listen first, then check, so that no wake-up is missed in between: the
-            // outcome and the vacancy count are both set before the event fires.
-            event_listener::listener!(self.waiters.event => listener);
-            if self.waiters.outcome.get().is_some() {
-                continue;
-            }
-            if self.waiters.vacancies.load(Ordering::SeqCst) != self.vacancies {
-                // The flight became vacant since this caller last looked: claim it, unless
-                // another caller did first.
-                let mut flights = self.group.lock(self.flight.hash);
-                let Some(flight) = flights.get_mut(self.flight) else {
-                    // Ended: its outcome was set in the critical section that removed it.
-                    continue;
-                };
-                if flight.claim_waiting() {
-                    flights.counts.takeovers += 1;
-                    drop(flights);
-                    self.armed = false;
-                    return Err(Runner::new(Cow::Borrowed(self.group), self.flight));
-                }
-                self.vacancies = self.waiters.vacancies.load(Ordering::SeqCst);
-            }
-            listener.await;
+    /// Polls until the flight ends, then returns this caller's clone of its value, or
+    /// until this caller must run it.
+    ///
+    /// # Panics
+    ///
+    /// With a [`Panicked`] payload, if the flight's future panicked.
+    fn poll_value(&mut self, cx: &mut Context<'_>) -> Poll<Result<V, Runner<'g, K, V, S>>> {
+        if let Err(runner) = std::task::ready!(self.poll_wait(cx)) {
+            return Poll::Ready(Err(runner));
         }
+        self.armed = false;
+        match self
+            .waiters
+            .outcome
+            .get()
+            .expect("set before the flight ended")
+        {
+            Ok(value) => Poll::Ready(Ok(value.clone())),
+            Err(panicked) => resume_unwind(Box::new(panicked.clone())),
+        }
+    }
+
+    /// `Ready(Ok)` once the outcome is set; `Ready(Err)` if this caller now runs the
+    /// flight. Takes the lock only when the flight became vacant since this caller last
+    /// looked, or when the task's waker changed.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Runner<'g, K, V, S>>> {
+        if self.waiters.outcome.get().is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        let vacated = || self.waiters.vacancies.load(Ordering::SeqCst) != self.vacancies;
+        if !vacated() && self.registered.will_wake(cx.waker()) {
+            // The slot holds this waker, or a vacancy or the end took it out to wake it.
+            return Poll::Pending;
+        }
+        let mut flights = self.group.lock(self.flight.hash);
+        let Some(flight) = flights.get_mut(self.flight) else {
+            // Ended: its outcome was set in the critical section that removed it.
+            return Poll::Ready(Ok(()));
+        };
+        // Asked again under the lock, where vacancies are counted: one that came since
+        // the look above took out the waker about to be replaced.
+        if vacated() {
+            if let Some(waker) = flight.claim_waiting(self.slot) {
+                flights.counts.takeovers += 1;
+                drop(flights);
+                drop(waker);
+                self.armed = false;
+                return Poll::Ready(Err(Runner::new(Cow::Borrowed(self.group), self.flight)));
+            }
+            self.vacancies = self.waiters.vacancies.load(Ordering::SeqCst);
+        }
+        // Back in the slot: a vacancy took the waker out, or the task's waker changed.
+        let replaced = flight.register(self.slot, cx.waker());
+        drop(flights);
+        drop(replaced);
+        self.registered.clone_from(cx.waker());
+        Poll::Pending
     }
 }
 
 impl<K, V, S> Drop for Waiter<'_, K, V, S> {
     fn drop(&mut self) {
         if self.armed {
-            if let Some(handover) = self.group.update(self.flight, Flight::leave) {
+            let slot = self.slot;
+            if let Some((handover, waker)) = self.group.update(self.flight, |f| f.leave(slot)) {
+                drop(waker);
                 handover.run(self.flight);
             }
         }
