@@ -8,7 +8,9 @@ use crate::report::*;
 /// A bar chart of each scenario's times relative to the best peer (1.0 = best peer).
 pub(crate) fn chart(rows: &[Row]) -> String {
     let rows: Vec<&Row> = rows.iter().filter(|r| r.target.is_some()).collect();
-    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
+    let colors = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    ];
     let (row_height, bar, left, width) = (110.0, 16.0, 300.0, 420.0);
     let height = 60.0 + row_height * rows.len() as f64 + 40.0;
     let mut svg = format!(

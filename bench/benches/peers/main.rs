@@ -1,7 +1,8 @@
 //! oneflight beside its peers, in one run, on the same scenarios, on a 2-worker Tokio
-//! runtime: `singleflight-async` 0.2, `async_singleflight` 0.6, `uniflight` 0.8, and a
-//! hand-rolled `futures::future::Shared` in a `Mutex<HashMap>`; plus a floor of the
-//! primitives every design pays for.
+//! runtime: `singleflight-async` 0.2, `async_singleflight` 0.6, `uniflight` 0.8, a
+//! hand-rolled `futures::future::Shared` in a `Mutex<HashMap>`, and moka 0.12's
+//! `future::Cache::get_with` (emptied before each fan-in batch, invalidated per call in
+//! `mixed`); plus a floor of the primitives every design pays for.
 //!
 //! `cargo bench --bench peers` runs criterion; then times `fan_in_*`, `mixed` and
 //! `chan_vs_work` again, apart from criterion, in rounds that alternate between the
@@ -78,6 +79,7 @@ fn benches(c: &mut Criterion) {
     for yields in [false, true] {
         each_peer!(fan_in(c, yields));
         fan_in::<OneKeyFloor>(c, yields);
+        fan_in::<OneKeyWakerFloor>(c, yields);
     }
 
     each_peer!(mixed(c, &mixed_keys));

@@ -5,16 +5,27 @@
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 /// A singleflight implementation as the scenarios use it.
 pub(crate) trait Peer<Q: ?Sized>: Send + Sync + 'static {
     const NAME: &'static str;
     fn create() -> Self;
+    /// As `mixed` uses it: where `create` gives a cache, one that measures coalescing.
+    fn create_for_mixed() -> Self
+    where
+        Self: Sized,
+    {
+        Self::create()
+    }
     fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
     where
         F: Future<Output = u64> + Send + 'static;
+    /// Before each gated batch: a cache forgets its values, so that every batch is a cold
+    /// miss.
+    fn reset(&self) {}
 }
 
 /// The bounds a key type needs for every peer: `str` (owned as `String`) and `u64`.
@@ -210,6 +221,115 @@ impl Peer<str> for OneKeyFloor {
     }
 }
 
+/// The floor under gated fan-in for a design like oneflight's: the one-key singleflight
+/// of [`OneKeyFloor`], but its waiting callers leave their wakers in a list under the one
+/// lock they take anyway, which the runner takes out and wakes after unlocking. (The
+/// harness's tasks keep their wakers, so a waiter registers once.)
+pub(crate) struct OneKeyWakerFloor {
+    flight: Mutex<Option<WakerFlight>>,
+}
+
+/// The one flight of [`OneKeyWakerFloor`].
+struct WakerFlight {
+    value: Arc<std::sync::OnceLock<u64>>,
+    wakers: Vec<Waker>,
+}
+
+pub(crate) const ONE_KEY_WAKER_FLOOR: &str = "floor-one-key-waker-list";
+
+impl Peer<str> for OneKeyWakerFloor {
+    const NAME: &'static str = ONE_KEY_WAKER_FLOOR;
+    fn create() -> Self {
+        OneKeyWakerFloor {
+            flight: Mutex::new(None),
+        }
+    }
+    async fn call<'a, F>(&'a self, _key: &'a str, fut: F) -> u64
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        let mut waiting: Option<Arc<std::sync::OnceLock<u64>>> = None;
+        let runs = poll_fn(|cx| {
+            if let Some(value) = &waiting {
+                return match value.get() {
+                    Some(&value) => Poll::Ready(Some(value)),
+                    None => Poll::Pending,
+                };
+            }
+            let mut slot = self.flight.lock().unwrap();
+            match &mut *slot {
+                Some(flight) => {
+                    flight.wakers.push(cx.waker().clone());
+                    waiting = Some(flight.value.clone());
+                    Poll::Pending
+                }
+                None => {
+                    *slot = Some(WakerFlight {
+                        value: Arc::default(),
+                        wakers: Vec::new(),
+                    });
+                    Poll::Ready(None)
+                }
+            }
+        })
+        .await;
+        if let Some(value) = runs {
+            drop(fut);
+            return value;
+        }
+        let value = fut.await;
+        let flight = self
+            .flight
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the runner's flight");
+        let _ = flight.value.set(value);
+        for waker in flight.wakers {
+            waker.wake();
+        }
+        value
+    }
+}
+
+/// moka 0.12's `future::Cache::get_with`, which users pick for "load once per cold key".
+/// In gated fan-in the cache is emptied before each batch (`reset`), so that every batch
+/// is a cold miss; in `mixed` each call invalidates its key once it has its value, so that
+/// the scenario measures coalescing, not caching.
+pub(crate) struct Moka {
+    cache: moka::future::Cache<String, u64>,
+    invalidate_each_call: bool,
+}
+
+impl Peer<str> for Moka {
+    const NAME: &'static str = "moka get_with";
+    fn create() -> Self {
+        Moka {
+            cache: moka::future::Cache::new(10_000),
+            invalidate_each_call: false,
+        }
+    }
+    fn create_for_mixed() -> Self {
+        Moka {
+            invalidate_each_call: true,
+            ..Self::create()
+        }
+    }
+    async fn call<'a, F>(&'a self, key: &'a str, fut: F) -> u64
+    where
+        F: Future<Output = u64> + Send + 'static,
+    {
+        let value = self.cache.get_with_by_ref(key, fut).await;
+        if self.invalidate_each_call {
+            self.cache.invalidate(key).await;
+        }
+        value
+    }
+    fn reset(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
 /// `[f::<P>(args), ...]` over the peers with `String` keys, in `PEERS`' order: the one
 /// place that lists them by type.
 macro_rules! each_peer {
@@ -220,14 +340,16 @@ macro_rules! each_peer {
             $f::<async_singleflight::UnaryGroup<String, u64>>($($arg),*),
             $f::<uniflight::Merger<String, u64>>($($arg),*),
             $f::<SharedMap<String>>($($arg),*),
+            $f::<Moka>($($arg),*),
         ]
     };
 }
 
-pub(crate) const PEERS: [&str; 5] = [
+pub(crate) const PEERS: [&str; 6] = [
     "oneflight",
     "singleflight-async",
     "async_singleflight",
     "uniflight",
     "Shared-in-Mutex-HashMap",
+    "moka get_with",
 ];

@@ -52,15 +52,16 @@ pub(crate) fn per_added_caller(rt: &tokio::runtime::Runtime, batch: &Batch) -> f
 }
 
 /// Gated fan-in per added caller, in interleaved rounds: the peers in `PEERS`' order, then
-/// the floors: the one-key singleflight, spawning only, and spawning with one event wait
-/// and wake.
+/// the floors: the one-key singleflight (waiting on an event, then with a waker list),
+/// spawning only, and spawning with one event wait and wake.
 pub(crate) fn interleaved_fan_in(yields: bool) -> Vec<f64> {
     fn peer<P: Peer<str>>(yields: bool) -> Batch {
         let peer = Arc::new(P::create());
         Box::new(move |n| gated_batch(peer.clone(), n, yields).map(drop).boxed())
     }
-    let floors: [Batch; 3] = [
+    let floors: [Batch; 4] = [
         peer::<OneKeyFloor>(yields),
+        peer::<OneKeyWakerFloor>(yields),
         Box::new(|n| spawn_only(n).boxed()),
         Box::new(|n| spawn_listen_wake(n).boxed()),
     ];
@@ -72,7 +73,7 @@ pub(crate) fn interleaved_fan_in(yields: bool) -> Vec<f64> {
 /// `mixed` per call, in interleaved rounds, in `PEERS`' order.
 pub(crate) fn interleaved_mixed(keys: &Arc<Vec<String>>) -> Vec<f64> {
     fn peer<P: Peer<str>>(keys: &Arc<Vec<String>>) -> Batch {
-        let (peer, keys) = (Arc::new(P::create()), keys.clone());
+        let (peer, keys) = (Arc::new(P::create_for_mixed()), keys.clone());
         Box::new(move |_| mixed_batch(peer.clone(), keys.clone()).boxed())
     }
     let batches = each_peer!(peer(keys));

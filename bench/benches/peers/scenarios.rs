@@ -53,6 +53,7 @@ pub(crate) static EXECUTIONS: AtomicU64 = AtomicU64::new(0);
 /// N callers of one key, each spawned; the work waits until all N have joined (each
 /// caller's future polled once), then optionally yields once. Returns the executions.
 pub(crate) async fn gated_batch<P: Peer<str>>(peer: Arc<P>, n: usize, yields: bool) -> u64 {
+    peer.reset();
     let joined = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(AtomicWaker::new());
     let executions = Arc::new(AtomicU64::new(0));
@@ -127,7 +128,7 @@ pub(crate) const MIXED_KEYS: usize = 100;
 
 pub(crate) fn mixed<P: Peer<str>>(c: &mut Criterion, keys: &Arc<Vec<String>>) {
     let rt = runtime();
-    let peer = Arc::new(P::create());
+    let peer = Arc::new(P::create_for_mixed());
     c.benchmark_group("mixed").bench_function(P::NAME, |b| {
         b.to_async(&rt)
             .iter(|| mixed_batch(peer.clone(), keys.clone()))
