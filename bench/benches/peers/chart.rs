@@ -11,7 +11,8 @@ pub(crate) fn chart(rows: &[Row]) -> String {
     let colors = [
         "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
     ];
-    let (row_height, bar, left, width) = (110.0, 16.0, 300.0, 420.0);
+    let (bar, left, width) = (16.0, 300.0, 420.0);
+    let row_height = 30.0 + bar * PEERS.len() as f64;
     let height = 60.0 + row_height * rows.len() as f64 + 40.0;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
