@@ -44,37 +44,31 @@ use crate::report::*;
 use crate::rounds::*;
 use crate::scenarios::*;
 
+/// The keys of the uncontended scenarios: a new one for each call, 4,096 in turn.
+fn string_keys() -> Arc<Vec<Box<str>>> {
+    let keys = (0..STRING_KEYS).map(|i| format!("user:{i:08}").into_boxed_str());
+    Arc::new(keys.collect())
+}
+
+fn u64_keys() -> Arc<Vec<Box<u64>>> {
+    Arc::new((0..STRING_KEYS as u64).map(Box::new).collect())
+}
+
 /// The keys of `mixed`.
 fn mixed_keys() -> Arc<Vec<String>> {
     Arc::new((0..MIXED_KEYS).map(|i| format!("user:{i:08}")).collect())
 }
 
 fn benches(c: &mut Criterion) {
-    let string_keys: Vec<Box<str>> = (0..STRING_KEYS)
-        .map(|i| format!("user:{i:08}").into_boxed_str())
-        .collect();
-    let u64_keys: Vec<Box<u64>> = (0..STRING_KEYS as u64).map(Box::new).collect();
+    let (string_keys, u64_keys) = (string_keys(), u64_keys());
     let mixed_keys = mixed_keys();
 
-    uncontended::<str, oneflight::Group<String, u64>>(c, "uncontended_string", &string_keys);
-    uncontended::<str, singleflight_async::SingleFlight<String, u64>>(
-        c,
-        "uncontended_string",
-        &string_keys,
+    each_singleflight!(
+        str,
+        String,
+        uncontended(c, "uncontended_string", &string_keys)
     );
-    uncontended::<str, async_singleflight::UnaryGroup<String, u64>>(
-        c,
-        "uncontended_string",
-        &string_keys,
-    );
-    uncontended::<str, uniflight::Merger<String, u64>>(c, "uncontended_string", &string_keys);
-    uncontended::<str, SharedMap<String>>(c, "uncontended_string", &string_keys);
-
-    uncontended::<u64, oneflight::Group<u64, u64>>(c, "uncontended_u64", &u64_keys);
-    uncontended::<u64, singleflight_async::SingleFlight<u64, u64>>(c, "uncontended_u64", &u64_keys);
-    uncontended::<u64, async_singleflight::UnaryGroup<u64, u64>>(c, "uncontended_u64", &u64_keys);
-    uncontended::<u64, uniflight::Merger<u64, u64>>(c, "uncontended_u64", &u64_keys);
-    uncontended::<u64, SharedMap<u64>>(c, "uncontended_u64", &u64_keys);
+    each_singleflight!(u64, u64, uncontended(c, "uncontended_u64", &u64_keys));
 
     for yields in [false, true] {
         each_peer!(fan_in(c, yields));
@@ -105,6 +99,16 @@ fn main() {
     let executions = each_peer!(executions_per_batch(20));
     let (work_follower, chan_receiver) = interleaved_chan_vs_work();
     let interleaved = Interleaved {
+        uncontended_string: interleaved_uncontended(each_singleflight!(
+            str,
+            String,
+            uncontended_batch(&string_keys())
+        )),
+        uncontended_u64: interleaved_uncontended(each_singleflight!(
+            u64,
+            u64,
+            uncontended_batch(&u64_keys())
+        )),
         fan_in: interleaved_fan_in(false),
         fan_in_yield: interleaved_fan_in(true),
         mixed: interleaved_mixed(&mixed_keys()),

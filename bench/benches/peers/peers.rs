@@ -345,6 +345,20 @@ macro_rules! each_peer {
     };
 }
 
+/// `[f::<Q, P>(args), ...]` over the singleflights (not moka, whose uncontended calls
+/// would be cache hits) for keys `Q` owned as `$owned`, in `PEERS`' order.
+macro_rules! each_singleflight {
+    ($q:ty, $owned:ty, $f:ident($($arg:expr),*)) => {
+        [
+            $f::<$q, oneflight::Group<$owned, u64>>($($arg),*),
+            $f::<$q, singleflight_async::SingleFlight<$owned, u64>>($($arg),*),
+            $f::<$q, async_singleflight::UnaryGroup<$owned, u64>>($($arg),*),
+            $f::<$q, uniflight::Merger<$owned, u64>>($($arg),*),
+            $f::<$q, SharedMap<$owned>>($($arg),*),
+        ]
+    };
+}
+
 pub(crate) const PEERS: [&str; 6] = [
     "oneflight",
     "singleflight-async",

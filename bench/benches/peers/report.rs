@@ -66,8 +66,16 @@ pub(crate) fn best_peer(row: &Row) -> Option<f64> {
     (best.is_finite() && best > 0.0).then_some(best)
 }
 
+/// A row's values from the singleflights' medians, moka's cell left empty.
+fn without_moka(medians: &[f64]) -> Vec<Option<f64>> {
+    medians.iter().map(|&v| Some(v)).chain([None]).collect()
+}
+
 /// The medians of the interleaved rounds.
 pub(crate) struct Interleaved {
+    /// Per call, in `PEERS`' order without moka.
+    pub(crate) uncontended_string: Vec<f64>,
+    pub(crate) uncontended_u64: Vec<f64>,
     /// Per added caller, in `interleaved_fan_in`'s order.
     pub(crate) fan_in: Vec<f64>,
     pub(crate) fan_in_yield: Vec<f64>,
@@ -107,6 +115,18 @@ pub(crate) fn summary(
             scenario: "uncontended, u64 keys".into(),
             unit: "ns/call",
             values: per_call("uncontended_u64", 1.0),
+            target: Some(0.6),
+        },
+        Row {
+            scenario: "uncontended, String keys, interleaved rounds".into(),
+            unit: "ns/call",
+            values: without_moka(&interleaved.uncontended_string),
+            target: Some(0.6),
+        },
+        Row {
+            scenario: "uncontended, u64 keys, interleaved rounds".into(),
+            unit: "ns/call",
+            values: without_moka(&interleaved.uncontended_u64),
             target: Some(0.6),
         },
         Row {
@@ -213,7 +233,7 @@ pub(crate) fn summary(
     let floor_mixed = median_ns("mixed/floor").map(|ns| ns / MIXED_CALLS as f64);
     let _ = writeln!(out);
     // The floors, each against the best peer of the same measurement: criterion's fan-in
-    // row (2) and the rows of interleaved rounds (4 and 5), whose floors come after the
+    // row (4) and the rows of interleaved rounds (6 and 7), whose floors come after the
     // peers.
     let criterion_floors = [
         format!("fan_in/{ONE_KEY_FLOOR}"),
@@ -223,15 +243,15 @@ pub(crate) fn summary(
     ]
     .map(|path| slope_ns(&path));
     for (measured, row, floors) in [
-        ("criterion", &rows[2], criterion_floors),
+        ("criterion", &rows[4], criterion_floors),
         (
             "interleaved rounds",
-            &rows[4],
+            &rows[6],
             [0, 1, 2, 3].map(|f| Some(interleaved.fan_in[PEERS.len() + f])),
         ),
         (
             "interleaved rounds, work that yields",
-            &rows[5],
+            &rows[7],
             [0, 1, 2, 3].map(|f| Some(interleaved.fan_in_yield[PEERS.len() + f])),
         ),
     ] {

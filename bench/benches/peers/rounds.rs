@@ -105,3 +105,33 @@ pub(crate) fn executions_per_batch<P: Peer<str>>(batches: usize) -> (u64, u64) {
         .collect();
     (*counts.iter().min().unwrap(), *counts.iter().max().unwrap())
 }
+
+/// The calls of one uncontended batch, one after another in one task.
+const UNCONTENDED_CALLS: usize = 10_000;
+
+/// An uncontended batch of `P` for [`interleaved_uncontended`]: sequential calls on
+/// distinct keys, each with a ready future, as criterion's `uncontended_*` make.
+pub(crate) fn uncontended_batch<Q, P>(keys: &Arc<Vec<Box<Q>>>) -> Batch
+where
+    Q: ?Sized + Sync + Send + 'static,
+    P: Peer<Q>,
+{
+    let (peer, keys) = (Arc::new(P::create()), keys.clone());
+    Box::new(move |calls| {
+        let (peer, keys) = (peer.clone(), keys.clone());
+        async move {
+            for call in 0..calls {
+                std::hint::black_box(peer.call(&keys[call % keys.len()], async { 1 }).await);
+            }
+        }
+        .boxed()
+    })
+}
+
+/// Uncontended per call, in interleaved rounds, in `PEERS`' order (moka left out).
+pub(crate) fn interleaved_uncontended(batches: [Batch; 5]) -> Vec<f64> {
+    let rt = runtime();
+    interleaved(&batches, |batch| {
+        batch_ns(&rt, batch, UNCONTENDED_CALLS, 1) / UNCONTENDED_CALLS as f64
+    })
+}
