@@ -248,18 +248,23 @@ async fn fleet_wait(holder: &Fleet<u64>, waiter: &Fleet<u64>) -> Duration {
     received - *flight.returned.get().unwrap()
 }
 
+/// A bare `PUBLISH` of a token on `channel`.
+async fn bare_publish(publisher: &mut redis::aio::MultiplexedConnection, channel: &str) {
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg("token")
+        .query_async(publisher)
+        .await
+        .unwrap();
+}
+
 /// The floor of a waiting process: a bare pub/sub round trip in one task.
 async fn bare_wait(
     publisher: &mut redis::aio::MultiplexedConnection,
     messages: &mut (impl futures_util::Stream<Item = redis::Msg> + Unpin),
 ) -> Duration {
     let sent = Instant::now();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("bare:wait")
-        .arg("token")
-        .query_async(publisher)
-        .await
-        .unwrap();
+    bare_publish(publisher, "bare:wait").await;
     messages.next().await.unwrap();
     sent.elapsed()
 }
@@ -277,12 +282,7 @@ async fn worker_wait(
     });
     tokio::time::sleep(Duration::from_millis(1)).await; // the waiting task waits
     let sent = Instant::now();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("worker:wait")
-        .arg("token")
-        .query_async(publisher)
-        .await
-        .unwrap();
+    bare_publish(publisher, "worker:wait").await;
     let (stream, heard) = waiting.await.unwrap();
     *messages = Some(stream);
     heard - sent

@@ -70,19 +70,11 @@ pub(crate) async fn gated_batch<P: Peer<str>>(peer: Arc<P>, n: usize, yields: bo
                     let (joined, gate) = (joined.clone(), gate.clone());
                     async move {
                         executions.fetch_add(1, Ordering::Relaxed);
-                        poll_fn(|cx| {
-                            gate.register(cx.waker());
-                            if joined.load(Ordering::SeqCst) >= n {
-                                Poll::Ready(())
-                            } else {
-                                Poll::Pending
-                            }
-                        })
-                        .await;
+                        let value = gated_on(joined, gate, n).await;
                         if yields {
                             tokio::task::yield_now().await;
                         }
-                        7
+                        value
                     }
                 };
                 let mut call = pin!(peer.call("key", work));
