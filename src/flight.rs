@@ -37,7 +37,8 @@
 //!   under the lock, find the waker of each waiting caller that has not yet been woken.
 //!
 //! An uncontended flight allocates nothing here: [`Followers`], what `work` followers
-//! wait on, is allocated when the first of them joins.
+//! wait on, is allocated when the first of them joins, with room for the first slots, so
+//! that a flight with few followers allocates no more.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::task::Waker;
@@ -104,19 +105,35 @@ pub(crate) struct Waiters<V> {
 
 /// The wakers of a flight's waiting `work` callers: a slot per caller, as futures'
 /// `Shared` keeps them in a slab. A free slot links to the next free one, so that a
-/// flight whose callers come and go reuses its slots.
+/// flight whose callers come and go reuses its slots. The first slots live in the
+/// followers' box itself, since most shared flights have few waiting callers; only more
+/// callers than that allocate.
 #[derive(Default)]
 pub(crate) struct Wakers {
-    slots: Vec<Slot>,
+    /// Slots `0..INLINE_SLOTS`, in use up to `len`.
+    inline: [Slot; INLINE_SLOTS],
+    /// Slots from `INLINE_SLOTS` on.
+    spilled: Vec<Slot>,
+    /// How many slots were ever handed out.
+    len: usize,
     /// The first free slot, if any.
     free: Option<usize>,
 }
+
+/// How many slots [`Wakers`] keeps in the followers' box.
+const INLINE_SLOTS: usize = 2;
 
 enum Slot {
     /// A waiting caller's: its waker, or `None` once taken out to be woken.
     Waiting(Option<Waker>),
     /// Free, with the next free slot.
     Free(Option<usize>),
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot::Free(None)
+    }
 }
 
 /// The phase of a flight; see the module docs.
@@ -208,17 +225,21 @@ impl<V> Flight<V> {
                 wakers: Wakers::default(),
             })
         });
+        let waker = waker.clone();
         Some(Joined {
             vacancies: followers.waiters.vacancies.load(Ordering::SeqCst),
             waiters: followers.waiters.clone(),
-            slot: followers.wakers.insert(waker.clone()),
+            registered: WakerId::of(&waker),
+            slot: followers.wakers.insert(waker),
         })
     }
 
-    /// Puts a waiting caller's current waker in its slot. Returns the waker it replaced,
-    /// to drop after unlocking.
-    pub(crate) fn register(&mut self, slot: usize, waker: &Waker) -> Option<Waker> {
-        self.wakers().replace(slot, Some(waker.clone()))
+    /// Puts a waiting caller's current waker in its slot. Returns which waker the slot
+    /// now holds, and the waker it replaced, to drop after unlocking.
+    pub(crate) fn register(&mut self, slot: usize, waker: &Waker) -> (WakerId, Option<Waker>) {
+        let waker = waker.clone();
+        let registered = WakerId::of(&waker);
+        (registered, self.wakers().replace(slot, Some(waker)))
     }
 
     /// A `do_chan` caller joins with its sender. Returns its `start` back if it must run
@@ -397,25 +418,33 @@ impl<V: Clone> Ended<V> {
 impl Wakers {
     /// A new slot holding `waker`.
     fn insert(&mut self, waker: Waker) -> usize {
-        match self.free {
-            Some(free) => {
-                let Slot::Free(next) = self.slots[free] else {
-                    unreachable!("the free list links free slots")
-                };
-                self.free = next;
-                self.slots[free] = Slot::Waiting(Some(waker));
-                free
-            }
-            None => {
-                self.slots.push(Slot::Waiting(Some(waker)));
-                self.slots.len() - 1
-            }
+        let waiting = Slot::Waiting(Some(waker));
+        if let Some(free) = self.free {
+            let Slot::Free(next) = std::mem::replace(self.slot(free), waiting) else {
+                unreachable!("the free list links free slots")
+            };
+            self.free = next;
+            return free;
+        }
+        let slot = self.len;
+        self.len += 1;
+        match self.inline.get_mut(slot) {
+            Some(inline) => *inline = waiting,
+            None => self.spilled.push(waiting),
+        }
+        slot
+    }
+
+    fn slot(&mut self, slot: usize) -> &mut Slot {
+        match self.inline.get_mut(slot) {
+            Some(inline) => inline,
+            None => &mut self.spilled[slot - INLINE_SLOTS],
         }
     }
 
     /// Puts `waker` in the caller's slot; returns what it held.
     fn replace(&mut self, slot: usize, waker: Option<Waker>) -> Option<Waker> {
-        match &mut self.slots[slot] {
+        match self.slot(slot) {
             Slot::Waiting(held) => std::mem::replace(held, waker),
             Slot::Free(_) => unreachable!("a waiting caller's slot is not free"),
         }
@@ -424,14 +453,14 @@ impl Wakers {
     /// Frees the caller's slot; returns the waker it held.
     fn remove(&mut self, slot: usize) -> Option<Waker> {
         let waker = self.replace(slot, None);
-        self.slots[slot] = Slot::Free(self.free);
+        *self.slot(slot) = Slot::Free(self.free);
         self.free = Some(slot);
         waker
     }
 
     /// Wakes every waker of an ended flight's callers, after unlocking.
     pub(crate) fn wake_all(self) {
-        for slot in self.slots {
+        for slot in self.inline.into_iter().chain(self.spilled) {
             if let Slot::Waiting(Some(waker)) = slot {
                 waker.wake();
             }
@@ -441,7 +470,7 @@ impl Wakers {
     /// Takes every waker out of its slot, to wake after unlocking. The slots stay
     /// with their callers.
     fn take_all(&mut self) -> Vec<Waker> {
-        let slots = self.slots.iter_mut();
+        let slots = self.inline.iter_mut().chain(&mut self.spilled);
         slots
             .filter_map(|slot| match slot {
                 Slot::Waiting(waker) => waker.take(),
@@ -456,6 +485,28 @@ pub(crate) struct Joined<V> {
     pub(crate) waiters: Arc<Waiters<V>>,
     pub(crate) vacancies: u64,
     pub(crate) slot: usize,
+    /// The waker put in the slot.
+    pub(crate) registered: WakerId,
+}
+
+/// Which waker a slot holds: its data and vtable addresses, the two that
+/// [`Waker::will_wake`] compares. A waiting caller keeps this rather than a clone of its
+/// own: the clone in its slot keeps that waker alive, so its addresses cannot be reused by
+/// another waker until a vacancy or the end of the flight takes it out, and the caller sees
+/// either (the vacancy count, the outcome) before it compares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WakerId {
+    data: usize,
+    vtable: usize,
+}
+
+impl WakerId {
+    pub(crate) fn of(waker: &Waker) -> Self {
+        WakerId {
+            data: waker.data().addr(),
+            vtable: std::ptr::from_ref(waker.vtable()).addr(),
+        }
+    }
 }
 
 /// Drops user values (futures, spawners, panic payloads) where a panic in their `Drop`

@@ -179,11 +179,11 @@ where
         F: IntoFuture<Output = V>,
         V: Clone,
     {
-        let hash = self.inner.hasher.hash_one(key);
-        let mut runner = match Arrival::new(&self.inner, hash, key).await {
+        let flight = match Arrival::new(&self.inner, key).await {
             Ok(value) => return value,
-            Err(runner) => runner,
+            Err(flight) => flight,
         };
+        let mut runner = Runner::new(Cow::Borrowed(&self.inner), flight);
         // After `runner`, as `Runner::run` requires. If `into_future` panics, `runner`
         // hands the flight over.
         let fut = pin!(Some(fut.into_future()));

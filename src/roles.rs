@@ -6,15 +6,16 @@
 use std::any::Any;
 use std::borrow::{Borrow, Cow};
 use std::future::{Future, IntoFuture, poll_fn};
+use std::hash::{BuildHasher, Hash};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
-use crate::flight::{Flight, FlightId, Followers, Joined, Waiters, drop_quietly};
-use crate::map::Inner;
+use crate::flight::{Ended, Flight, FlightId, Followers, Joined, Waiters, WakerId, drop_quietly};
+use crate::map::{Flights, Inner};
 use crate::outcome::Panicked;
 use crate::reentrance;
-use crate::sync::{Arc, Ordering};
+use crate::sync::{Arc, MutexGuard, Ordering};
 
 /// The caller that runs a flight's future: a `work` caller or a spawned task. If it is
 /// dropped before the flight ends, it hands the flight over.
@@ -93,41 +94,54 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
         if outcome.is_err() {
             flights.counts.panics += 1;
         }
-        // Fast path: nobody else ever waited on this flight.
-        let Some(mut ended) = flight.end() else {
+        let Some(ended) = flight.end() else {
+            // Nobody else ever joined: the fast path, kept small.
             // The key is dropped after unlocking: its `Drop` is user code.
             drop(flights);
             drop(key);
             return outcome.ok().filter(|_| keep);
         };
-        let mut unshared = Some(outcome);
-        if let Some(followers) = &ended.followers {
-            let _ = followers
-                .waiters
-                .outcome
-                .set(unshared.take().expect("published once"));
-        }
-        drop(flights);
-        drop(key);
-        let waiters = ended.followers.take().map(|followers| {
-            let Followers { waiters, wakers } = *followers;
-            wakers.wake_all();
-            waiters
-        });
-        let published = match (&unshared, &waiters) {
-            (Some(outcome), _) => outcome.as_ref().ok(),
-            (None, Some(waiters)) => waiters.outcome.get().and_then(|o| o.as_ref().ok()),
-            (None, None) => None,
-        };
-        ended.deliver(published);
-        if !keep {
-            return None;
-        }
-        match unshared {
-            Some(outcome) => outcome.ok(),
-            // The runner's clone comes last: if it panics, only the runner is hurt.
-            None => published.cloned(),
-        }
+        share(flights, key, ended, outcome, keep)
+    }
+}
+
+/// Publishes a flight's outcome to the callers that joined it, then wakes and sends to
+/// them after unlocking `flights`, the critical section that ended the flight.
+#[inline(never)]
+fn share<K, V: Clone>(
+    flights: MutexGuard<'_, Flights<K, V>>,
+    key: Option<K>,
+    mut ended: Ended<V>,
+    outcome: Result<V, Panicked>,
+    keep: bool,
+) -> Option<V> {
+    let mut unshared = Some(outcome);
+    if let Some(followers) = &ended.followers {
+        let _ = followers
+            .waiters
+            .outcome
+            .set(unshared.take().expect("published once"));
+    }
+    drop(flights);
+    drop(key);
+    let waiters = ended.followers.take().map(|followers| {
+        let Followers { waiters, wakers } = *followers;
+        wakers.wake_all();
+        waiters
+    });
+    let published = match (&unshared, &waiters) {
+        (Some(outcome), _) => outcome.as_ref().ok(),
+        (None, Some(waiters)) => waiters.outcome.get().and_then(|o| o.as_ref().ok()),
+        (None, None) => None,
+    };
+    ended.deliver(published);
+    if !keep {
+        return None;
+    }
+    match unshared {
+        Some(outcome) => outcome.ok(),
+        // The runner's clone comes last: if it panics, only the runner is hurt.
+        None => published.cloned(),
     }
 }
 
@@ -151,17 +165,15 @@ impl<K, V, S> Drop for Runner<'_, K, V, S> {
 /// `is_terminated`) would alias.
 pub(crate) struct Arrival<'g, 'k, K, V, S, Q: ?Sized> {
     group: &'g Arc<Inner<K, V, S>>,
-    hash: u64,
     key: &'k Q,
     /// Once joined as a follower.
     waiter: Option<Waiter<'g, K, V, S>>,
 }
 
 impl<'g, 'k, K, V, S, Q: ?Sized> Arrival<'g, 'k, K, V, S, Q> {
-    pub(crate) fn new(group: &'g Arc<Inner<K, V, S>>, hash: u64, key: &'k Q) -> Self {
+    pub(crate) fn new(group: &'g Arc<Inner<K, V, S>>, key: &'k Q) -> Self {
         Arrival {
             group,
-            hash,
             key,
             waiter: None,
         }
@@ -170,13 +182,15 @@ impl<'g, 'k, K, V, S, Q: ?Sized> Arrival<'g, 'k, K, V, S, Q> {
 
 impl<'g, K, V, S, Q> Future for Arrival<'g, '_, K, V, S, Q>
 where
-    Q: ?Sized + Eq + ToOwned,
+    Q: ?Sized + Hash + Eq + ToOwned,
     Q::Owned: Into<K>,
     K: Borrow<Q>,
+    S: BuildHasher,
     V: Clone,
 {
-    /// The value, or the run of the flight, handed to this caller.
-    type Output = Result<V, Runner<'g, K, V, S>>;
+    /// The value, or the flight whose run this caller now owns: a fresh one, or a vacant
+    /// one it claimed. `work` makes it a [`Runner`] at once, with no user code between.
+    type Output = Result<V, FlightId>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -184,7 +198,8 @@ where
         let waiter = match &mut this.waiter {
             Some(waiter) => waiter,
             None => {
-                let (flight, joined) = this.group.join(this.hash, this.key, |flight, fresh| {
+                let hash = this.group.hasher.hash_one(this.key);
+                let (flight, joined) = this.group.join(hash, this.key, |flight, fresh| {
                     if fresh {
                         None
                     } else {
@@ -192,11 +207,9 @@ where
                     }
                 });
                 let Some(joined) = joined else {
-                    return Poll::Ready(Err(Runner::new(Cow::Borrowed(this.group), flight)));
+                    return Poll::Ready(Err(flight));
                 };
-                let waker = cx.waker().clone();
-                this.waiter
-                    .insert(Waiter::new(this.group, flight, joined, waker))
+                this.waiter.insert(Waiter::new(this.group, flight, joined))
             }
         };
         waiter.poll_value(cx)
@@ -213,7 +226,7 @@ struct Waiter<'g, K, V, S> {
     /// This caller's slot in the flight's wakers.
     slot: usize,
     /// The waker this caller's slot was last given, to tell when the task's waker changed.
-    registered: Waker,
+    registered: WakerId,
     /// `waiters.vacancies` when this caller last looked at the flight under the lock.
     vacancies: u64,
     /// Whether this caller is still counted among the flight's waiting callers.
@@ -221,19 +234,14 @@ struct Waiter<'g, K, V, S> {
 }
 
 impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
-    /// A caller that joined `flight` with `registered` as its waker.
-    fn new(
-        group: &'g Arc<Inner<K, V, S>>,
-        flight: FlightId,
-        joined: Joined<V>,
-        registered: Waker,
-    ) -> Self {
+    /// A caller that joined `flight`.
+    fn new(group: &'g Arc<Inner<K, V, S>>, flight: FlightId, joined: Joined<V>) -> Self {
         Waiter {
             group,
             flight,
             waiters: joined.waiters,
             slot: joined.slot,
-            registered,
+            registered: joined.registered,
             vacancies: joined.vacancies,
             armed: true,
         }
@@ -245,9 +253,9 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
     /// # Panics
     ///
     /// With a [`Panicked`] payload, if the flight's future panicked.
-    fn poll_value(&mut self, cx: &mut Context<'_>) -> Poll<Result<V, Runner<'g, K, V, S>>> {
-        if let Err(runner) = std::task::ready!(self.poll_wait(cx)) {
-            return Poll::Ready(Err(runner));
+    fn poll_value(&mut self, cx: &mut Context<'_>) -> Poll<Result<V, FlightId>> {
+        if let Err(flight) = std::task::ready!(self.poll_wait(cx)) {
+            return Poll::Ready(Err(flight));
         }
         self.armed = false;
         match self
@@ -261,15 +269,16 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
         }
     }
 
-    /// `Ready(Ok)` once the outcome is set; `Ready(Err)` if this caller now runs the
-    /// flight. Takes the lock only when the flight became vacant since this caller last
-    /// looked, or when the task's waker changed.
-    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Runner<'g, K, V, S>>> {
+    /// `Ready(Ok)` once the outcome is set; `Ready(Err)` if this caller claimed the run of
+    /// the vacant flight, which `work` turns into its [`Runner`] at once. Takes the lock
+    /// only when the flight became vacant since this caller last looked, or when the
+    /// task's waker changed.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FlightId>> {
         if self.waiters.outcome.get().is_some() {
             return Poll::Ready(Ok(()));
         }
         let vacated = || self.waiters.vacancies.load(Ordering::SeqCst) != self.vacancies;
-        if !vacated() && self.registered.will_wake(cx.waker()) {
+        if !vacated() && self.registered == WakerId::of(cx.waker()) {
             // The slot holds this waker, or a vacancy or the end took it out to wake it.
             return Poll::Pending;
         }
@@ -284,17 +293,19 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
             if let Some(waker) = flight.claim_waiting(self.slot) {
                 flights.counts.takeovers += 1;
                 drop(flights);
-                drop(waker);
                 self.armed = false;
-                return Poll::Ready(Err(Runner::new(Cow::Borrowed(self.group), self.flight)));
+                // No runner guards the claimed run until `work` makes one: a panic in
+                // this drop must not strand it.
+                drop_quietly(waker);
+                return Poll::Ready(Err(self.flight));
             }
             self.vacancies = self.waiters.vacancies.load(Ordering::SeqCst);
         }
         // Back in the slot: a vacancy took the waker out, or the task's waker changed.
-        let replaced = flight.register(self.slot, cx.waker());
+        let (registered, replaced) = flight.register(self.slot, cx.waker());
         drop(flights);
         drop(replaced);
-        self.registered.clone_from(cx.waker());
+        self.registered = registered;
         Poll::Pending
     }
 }

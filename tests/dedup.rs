@@ -51,6 +51,57 @@ fn followers_are_woken_when_the_flight_ends() {
 }
 
 #[test]
+fn a_follower_polled_by_a_new_waker_is_woken_through_that_one() {
+    let group: Group<String, u32> = Group::new();
+    let gate = Gate::new();
+    let log = Log::new();
+    let mut leader = pin!(group.work("key", log.work("leader", &gate, 5)));
+    let mut follower = pin!(group.work("key", log.work("follower", &gate, 6)));
+    let (first, first_wakes) = counting_waker();
+    let (second, second_wakes) = counting_waker();
+    assert!(poll_once(leader.as_mut()).is_pending());
+    assert!(poll_with(follower.as_mut(), &first).is_pending());
+    // Moved to another task, say: the old waker must no longer be the one woken.
+    assert!(poll_with(follower.as_mut(), &second).is_pending());
+    gate.open();
+    assert_eq!(poll_once(leader.as_mut()), Poll::Ready(5));
+    assert_eq!((first_wakes.get(), second_wakes.get()), (0, 1));
+    assert_eq!(poll_with(follower.as_mut(), &second), Poll::Ready(5));
+}
+
+#[test]
+fn every_waiting_follower_is_woken_once_whichever_slot_it_got() {
+    // More followers than the slots kept inline, two of which leave and free their
+    // slots for two later ones.
+    let group: Group<String, u32> = Group::new();
+    let gate = Gate::new();
+    let log = Log::new();
+    let mut leader = pin!(group.work("key", log.work("leader", &gate, 5)));
+    assert!(poll_once(leader.as_mut()).is_pending());
+    let mut followers: Vec<_> = (0..8)
+        .map(|i| {
+            let follower = Box::pin(group.work("key", log.work(&format!("f{i}"), &gate, i)));
+            let (waker, wakes) = counting_waker();
+            (follower, waker, wakes)
+        })
+        .collect();
+    for (follower, waker, _) in &mut followers[..6] {
+        assert!(poll_with(follower.as_mut(), waker).is_pending());
+    }
+    drop([4, 1].map(|i| followers.remove(i)));
+    for (follower, waker, _) in &mut followers[4..] {
+        assert!(poll_with(follower.as_mut(), waker).is_pending());
+    }
+    gate.open();
+    assert_eq!(poll_once(leader.as_mut()), Poll::Ready(5));
+    for (follower, waker, wakes) in &mut followers {
+        assert_eq!(wakes.get(), 1);
+        assert_eq!(poll_with(follower.as_mut(), waker), Poll::Ready(5));
+    }
+    assert_eq!(log.count(" started"), 1);
+}
+
+#[test]
 fn a_finished_flight_is_not_joined() {
     let group: Group<String, u32> = Group::new();
     let runs = AtomicUsize::new(0);
