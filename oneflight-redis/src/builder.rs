@@ -1,31 +1,10 @@
-//! [`FleetBuilder`]: the fleet's durations, codec and failure policy, with their defaults.
+//! [`FleetBuilder`]: the fleet's durations, sizes and codec, with their defaults, checked
+//! together at `build`.
 
 use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::{Codec, Fleet};
-
-/// What a call does when Redis fails (down, slow, restarted).
-///
-/// ```
-/// use oneflight_redis::{Fleet, OnRedisError, redis};
-///
-/// let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-/// let fleet: Fleet<u32> = Fleet::builder(client, "app").on_redis_error(OnRedisError::Fail).build();
-/// # drop(fleet);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum OnRedisError {
-    /// Go on with in-process deduplication: the load runs in this process, shared by its
-    /// callers only. The default, and what [`Fleet::work`] always does.
-    #[default]
-    Degrade,
-    /// [`Fleet::try_work`] returns a [`FleetError`](crate::FleetError) (converted into
-    /// the caller's error type) instead of loading without the fleet. `work` still
-    /// degrades, since it cannot return an error.
-    Fail,
-}
 
 /// The settings of a fleet, fixed at build.
 #[derive(Debug, Clone)]
@@ -35,19 +14,70 @@ pub(crate) struct Config {
     pub(crate) max_wait: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) retry_redis_after: Duration,
+    pub(crate) max_value_size: usize,
     pub(crate) codec: Codec,
-    pub(crate) on_redis_error: OnRedisError,
 }
 
-impl Config {
-    /// How often the holder renews its lease: a third of it, so that two renewals can
-    /// fail before the lease runs out.
-    pub(crate) fn renew_every(&self) -> Duration {
-        self.lease / 3
+/// The largest `max_value_size`: Redis's default `proto-max-bulk-len`.
+const LARGEST_VALUE: usize = 512 * 1024 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lease: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(250),
+            max_wait: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(1),
+            retry_redis_after: Duration::from_secs(1),
+            max_value_size: 16 * 1024 * 1024,
+            codec: Codec::Postcard,
+        }
     }
 }
 
-/// Builds a [`Fleet`] with settings other than the defaults.
+impl Config {
+    /// How long a published value is kept for waiters that poll: a lease, and one poll
+    /// interval more, so that a waiter that saw the lease held at its last poll finds
+    /// the value at its next one.
+    pub(crate) fn retention(&self) -> Duration {
+        self.lease.saturating_add(self.poll_interval)
+    }
+
+    /// Panics, naming the setting, when the settings cannot work together.
+    fn check(&self) {
+        let Config {
+            lease,
+            poll_interval,
+            command_timeout,
+            max_value_size,
+            ..
+        } = *self;
+        assert!(
+            lease >= Duration::from_millis(6),
+            "oneflight-redis: `lease` is {lease:?}; it must be at least 6 ms (it is renewed \
+             every third of it, retried every sixth)"
+        );
+        assert!(
+            !poll_interval.is_zero() && poll_interval < lease,
+            "oneflight-redis: `poll_interval` is {poll_interval:?}; it must be above zero and \
+             shorter than the lease ({lease:?}), or waiters would wake too late to find a \
+             published value or take over an expired lease"
+        );
+        assert!(
+            !command_timeout.is_zero(),
+            "oneflight-redis: `command_timeout` must be above zero"
+        );
+        assert!(
+            (1..=LARGEST_VALUE).contains(&max_value_size),
+            "oneflight-redis: `max_value_size` is {max_value_size} bytes; it must be between 1 \
+             and {LARGEST_VALUE} (Redis's default proto-max-bulk-len)"
+        );
+    }
+}
+
+/// Builds a [`Fleet`] with settings other than the defaults. `build` checks them
+/// together; a `Duration::MAX` means "no limit" wherever a limit makes sense (`max_wait`,
+/// `retry_redis_after`, `lease`).
 ///
 /// ```
 /// use oneflight_redis::{Fleet, redis};
@@ -57,7 +87,7 @@ impl Config {
 /// let fleet: Fleet<String> = Fleet::builder(client, "profiles")
 ///     .lease(Duration::from_secs(10))          // loads can take a while
 ///     .poll_interval(Duration::from_millis(100))
-///     .max_wait(Duration::from_secs(20))
+///     .max_wait(Duration::from_secs(2))        // a web handler's budget
 ///     .build();
 /// # drop(fleet);
 /// ```
@@ -75,49 +105,19 @@ impl<V> FleetBuilder<V> {
         FleetBuilder {
             client,
             namespace: namespace.to_owned(),
-            config: Config {
-                lease: Duration::from_secs(5),
-                poll_interval: Duration::from_millis(250),
-                max_wait: Duration::from_secs(30),
-                command_timeout: Duration::from_secs(1),
-                retry_redis_after: Duration::from_secs(1),
-                codec: Codec::Postcard,
-                on_redis_error: OnRedisError::Degrade,
-            },
+            config: Config::default(),
             value: PhantomData,
         }
     }
 
     /// How long a holder's claim on a key lasts without renewal (default 5 s). The holder
-    /// renews it every third of it while its load runs. A holder that dies is replaced
-    /// after at most this long (plus one poll interval). Choose it well above a renewal's
-    /// worst round trip, and know that a holder paused longer than this (GC, swap,
-    /// SIGSTOP) is no longer alone: see the crate docs on fencing.
-    ///
-    /// # Panics
-    ///
-    /// If `lease` is shorter than 3 ms.
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").lease(Duration::from_secs(10)).build();
-    /// # drop(fleet);
-    /// ```
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").lease(Duration::from_secs(10)).build();
-    /// # drop(fleet);
-    /// ```
+    /// renews it every third of it while its load runs, and after a failed renewal
+    /// retries every sixth, so that two failed renewals in a row are survived. A holder
+    /// that dies is replaced after at most this long (plus one poll interval). Choose it
+    /// well above a renewal's worst round trip, and know that a holder paused longer than
+    /// this (GC, swap, SIGSTOP) is no longer alone: see the crate docs on fencing.
+    /// At least 6 ms, and longer than `poll_interval`.
     pub fn lease(mut self, lease: Duration) -> Self {
-        assert!(
-            lease >= Duration::from_millis(3),
-            "oneflight-redis: the lease must be at least 3 ms"
-        );
         self.config.lease = lease;
         self
     }
@@ -125,170 +125,148 @@ impl<V> FleetBuilder<V> {
     /// How often a waiting process checks Redis when no pub/sub hint came (default
     /// 250 ms). It bounds how long a lost hint can delay a waiter, and how late a takeover
     /// starts after a lease expired; each check is one Redis command per waiting process.
-    ///
-    /// # Panics
-    ///
-    /// If `poll_interval` is zero.
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").poll_interval(Duration::from_millis(100)).build();
-    /// # drop(fleet);
-    /// ```
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").poll_interval(Duration::from_millis(100)).build();
-    /// # drop(fleet);
-    /// ```
+    /// Above zero, and shorter than the lease.
     pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
-        assert!(
-            !poll_interval.is_zero(),
-            "oneflight-redis: the poll interval must not be zero"
-        );
         self.config.poll_interval = poll_interval;
         self
     }
 
     /// How long a caller waits on another process's flight before it loads the value
-    /// itself, without the fleet (default 30 s).
+    /// itself, without the fleet (default 30 s; `Duration::MAX`: no limit).
     ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").max_wait(Duration::from_secs(5)).build();
-    /// # drop(fleet);
-    /// ```
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").max_wait(Duration::from_secs(5)).build();
-    /// # drop(fleet);
-    /// ```
+    /// In a request handler, choose it from the request's budget: a little under the
+    /// time your handler may spend waiting for the value, so that when the holder is slow
+    /// a caller still answers in time, with a value it loaded itself. A holder that died
+    /// is replaced after `lease + poll_interval` anyway; `max_wait` is for holders that
+    /// are alive but slow.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.config.max_wait = max_wait;
         self
     }
 
     /// How long any one Redis command (connecting included) may take before it counts as
-    /// failed (default 1 s).
-    ///
-    /// # Panics
-    ///
-    /// If `command_timeout` is zero.
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").command_timeout(Duration::from_millis(300)).build();
-    /// # drop(fleet);
-    /// ```
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").command_timeout(Duration::from_millis(300)).build();
-    /// # drop(fleet);
-    /// ```
+    /// failed (default 1 s). Values over 64 KiB get more time, by their size (2 s more
+    /// for 16 MiB), on a connection of their own.
     pub fn command_timeout(mut self, command_timeout: Duration) -> Self {
-        assert!(
-            !command_timeout.is_zero(),
-            "oneflight-redis: the command timeout must not be zero"
-        );
         self.config.command_timeout = command_timeout;
         self
     }
 
-    /// After a Redis failure, how long new flights skip Redis and deduplicate in-process
-    /// only, before Redis is tried again (default 1 s). It keeps a down or stalled server
-    /// from adding a command timeout to every call.
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").retry_redis_after(Duration::from_secs(2)).build();
-    /// # drop(fleet);
-    /// ```
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # use std::time::Duration;
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").retry_redis_after(Duration::from_secs(2)).build();
-    /// # drop(fleet);
-    /// ```
+    /// After two Redis commands in a row went unanswered (a timeout, a lost connection),
+    /// how long new flights skip Redis and deduplicate in-process only, before Redis is
+    /// tried again (default 1 s; `Duration::MAX`: never again). It keeps a down or stalled
+    /// server from adding a command timeout to every call. Errors that Redis answers
+    /// (`MOVED`, `OOM`, ...) never start a rest.
     pub fn retry_redis_after(mut self, retry_redis_after: Duration) -> Self {
         self.config.retry_redis_after = retry_redis_after;
         self
     }
 
+    /// The largest encoded value shared through Redis (default 16 MiB, at most 512 MiB).
+    /// A larger value stays with the holder's own callers: its lease is released, other
+    /// processes load for themselves, and [`FleetStats::oversized`](crate::FleetStats)
+    /// counts it.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.config.max_value_size = bytes;
+        self
+    }
+
     /// How values are encoded in Redis (default [`Codec::Postcard`]).
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").codec(oneflight_redis::Codec::Json).build();
-    /// # drop(fleet);
-    /// ```
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").codec(oneflight_redis::Codec::Json).build();
-    /// # drop(fleet);
-    /// ```
     pub fn codec(mut self, codec: Codec) -> Self {
         self.config.codec = codec;
         self
     }
 
-    /// What [`Fleet::try_work`] does when Redis fails (default
-    /// [`OnRedisError::Degrade`]).
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").on_redis_error(oneflight_redis::OnRedisError::Fail).build();
-    /// # drop(fleet);
-    /// ```
-    ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").on_redis_error(oneflight_redis::OnRedisError::Fail).build();
-    /// # drop(fleet);
-    /// ```
-    pub fn on_redis_error(mut self, on_redis_error: OnRedisError) -> Self {
-        self.config.on_redis_error = on_redis_error;
-        self
-    }
-
     /// The fleet. Connects lazily, at its first call.
     ///
-    /// ```
-    /// # use oneflight_redis::{Fleet, redis};
-    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").build();
-    /// assert_eq!(fleet.stats().loads, 0);
-    /// ```
+    /// # Panics
     ///
-    /// ```
+    /// When the settings cannot work together, with a message that names the setting:
+    /// a lease under 6 ms, a poll interval that is zero or not shorter than the lease, a
+    /// zero command timeout, a `max_value_size` of 0 or over 512 MiB.
+    ///
+    /// ```should_panic
     /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
     /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
-    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").build();
-    /// assert_eq!(fleet.stats().loads, 0);
+    /// // panics: "`poll_interval` is 2s; it must be ... shorter than the lease (1s)"
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app")
+    ///     .lease(Duration::from_secs(1))
+    ///     .poll_interval(Duration::from_secs(2))
+    ///     .build();
     /// ```
-    pub fn build(self) -> Fleet<V> {
+    pub fn build(mut self) -> Fleet<V> {
+        self.config.check();
+        // "No limit" for a command is a day: the clients' own timers then never overflow.
+        self.config.command_timeout = self.config.command_timeout.min(Duration::from_secs(86_400));
         Fleet::from_parts(self.client, &self.namespace, self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(configure: impl FnOnce(FleetBuilder<u8>) -> FleetBuilder<u8>) -> Result<(), String> {
+        let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let builder = configure(FleetBuilder::new(client, "n"));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(builder.build()))).map_err(
+            |panic| match panic.downcast::<String>() {
+                Ok(message) => *message,
+                Err(panic) => panic
+                    .downcast_ref::<&str>()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            },
+        )
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_rejected_naming_the_setting() {
+        let ms = Duration::from_millis;
+        let cases: [(&str, Box<dyn FnOnce(FleetBuilder<u8>) -> FleetBuilder<u8>>); 6] = [
+            ("`lease`", Box::new(move |b| b.lease(ms(5)))),
+            (
+                "`poll_interval`",
+                Box::new(move |b| b.lease(ms(100)).poll_interval(ms(100))),
+            ),
+            (
+                "`poll_interval`",
+                Box::new(move |b| b.poll_interval(Duration::ZERO)),
+            ),
+            (
+                "`command_timeout`",
+                Box::new(move |b| b.command_timeout(Duration::ZERO)),
+            ),
+            ("`max_value_size`", Box::new(|b| b.max_value_size(0))),
+            (
+                "`max_value_size`",
+                Box::new(|b| b.max_value_size(LARGEST_VALUE + 1)),
+            ),
+        ];
+        for (setting, configure) in cases {
+            let message = build(configure).expect_err(setting);
+            assert!(message.contains(setting), "{setting}: {message}");
+        }
+    }
+
+    #[test]
+    fn duration_max_means_no_limit_and_builds() {
+        build(|b| {
+            b.max_wait(Duration::MAX)
+                .retry_redis_after(Duration::MAX)
+                .lease(Duration::MAX)
+                .poll_interval(Duration::from_secs(3600))
+                .command_timeout(Duration::MAX)
+        })
+        .unwrap();
+        assert_eq!(
+            Config {
+                lease: Duration::MAX,
+                ..Config::default()
+            }
+            .retention(),
+            Duration::MAX
+        );
     }
 }

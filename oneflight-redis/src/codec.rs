@@ -1,15 +1,22 @@
 //! How values travel through Redis: a versioned envelope around a serde encoding.
 //!
-//! Envelope layout: `b"of"`, the envelope version (`1`), the codec's id, then the body:
-//! the flight's token and the value, encoded by the codec. A payload that does not start
-//! with this exact header, names another codec, or whose body does not decode, is
-//! rejected, and the waiter treats it as a miss.
+//! Envelope layout: `b"of"`, the envelope version (`2`), the codec's id, the value type's
+//! fingerprint (8 bytes, little-endian: FNV-1a of `std::any::type_name::<V>()`), then the
+//! body: the flight's token and the value, encoded by the codec. A payload that does not
+//! start with this exact header (another version, codec or type), or whose body does not
+//! decode, or that nests deeper than 128 levels, is rejected, and the waiter treats it as
+//! a miss: a value sealed for another type is never returned as this one.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::depth::{Limited, MAX_DEPTH};
+
 /// The envelope version this crate writes and accepts.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// The header's length: magic, version, codec, fingerprint.
+const HEADER: usize = 4 + 8;
 
 /// How values are encoded in Redis. Every process of a fleet must use the same codec.
 ///
@@ -32,6 +39,17 @@ pub enum Codec {
     Json,
 }
 
+/// The fingerprint of `V`'s type name. Two builds that name the type alike agree; a
+/// renamed or different type is a miss, never a wrong value. (Type names are not
+/// guaranteed stable across compiler versions: at worst, a miss after an upgrade.)
+fn fingerprint<V>() -> [u8; 8] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in std::any::type_name::<V>().bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash.to_le_bytes()
+}
+
 impl Codec {
     fn id(self) -> u8 {
         match self {
@@ -40,9 +58,15 @@ impl Codec {
         }
     }
 
+    fn header<V>(self) -> [u8; HEADER] {
+        let mut header = [b'o', b'f', VERSION, self.id(), 0, 0, 0, 0, 0, 0, 0, 0];
+        header[4..].copy_from_slice(&fingerprint::<V>());
+        header
+    }
+
     /// The envelope for `value`, published under `token`.
     pub(crate) fn seal<V: Serialize>(self, token: &str, value: &V) -> Result<Vec<u8>, String> {
-        let mut out = vec![b'o', b'f', VERSION, self.id()];
+        let mut out = self.header::<V>().to_vec();
         let body = (token, value);
         match self {
             Codec::Postcard => postcard::to_io(&body, &mut out)
@@ -53,22 +77,38 @@ impl Codec {
         Ok(out)
     }
 
-    /// The value in `payload`, if it is an envelope of this version and codec, published
-    /// under `token`.
+    /// The value in `payload`, if it is an envelope of this version, codec and type,
+    /// published under `token`.
     pub(crate) fn open<V: DeserializeOwned>(
         self,
         token: &str,
         payload: &[u8],
     ) -> Result<V, String> {
-        let body = match payload {
-            [b'o', b'f', VERSION, id, body @ ..] if *id == self.id() => body,
-            [b'o', b'f', version, ..] if *version != VERSION => {
-                return Err(format!("envelope version {version}, expected {VERSION}"));
-            }
-            _ => return Err("not an envelope of this codec".to_owned()),
+        let body = match payload.split_at_checked(HEADER) {
+            Some((header, body)) if header == self.header::<V>() => body,
+            _ => match payload {
+                [b'o', b'f', version, ..] if *version != VERSION => {
+                    return Err(format!("envelope version {version}, expected {VERSION}"));
+                }
+                [b'o', b'f', _, id, ..] if *id != self.id() => {
+                    return Err("an envelope of another codec".to_owned());
+                }
+                [b'o', b'f', ..] if payload.len() >= HEADER => {
+                    return Err("an envelope of another value type".to_owned());
+                }
+                _ => return Err("not an envelope".to_owned()),
+            },
         };
         let (sealed_token, value): (String, V) = match self {
-            Codec::Postcard => postcard::from_bytes(body).map_err(|e| e.to_string())?,
+            Codec::Postcard => {
+                let mut inner = postcard::Deserializer::from_bytes(body);
+                let limited = Limited {
+                    inner: &mut inner,
+                    levels: MAX_DEPTH,
+                };
+                serde::Deserialize::deserialize(limited).map_err(|e| e.to_string())?
+            }
+            // serde_json limits nesting to 128 levels by itself.
             Codec::Json => serde_json::from_slice(body).map_err(|e| e.to_string())?,
         };
         if sealed_token != token {
@@ -102,12 +142,12 @@ mod tests {
         let sealed = Codec::Postcard.seal("t", &5u64).unwrap();
         assert!(Codec::Json.open::<u64>("t", &sealed).is_err());
         let mut old = sealed.clone();
-        old[2] = 0;
+        old[2] = 1;
         assert!(
             Codec::Postcard
                 .open::<u64>("t", &old)
                 .unwrap_err()
-                .contains("version 0")
+                .contains("version 1")
         );
         assert!(Codec::Postcard.open::<u64>("t", b"garbage").is_err());
         assert!(
@@ -118,11 +158,22 @@ mod tests {
     }
 
     #[test]
+    fn a_value_sealed_for_another_type_is_rejected_even_when_its_bytes_would_decode() {
+        // A u32 and a u64 share postcard's varint encoding: only the fingerprint tells.
+        for codec in [Codec::Postcard, Codec::Json] {
+            let sealed = codec.seal("t", &5u32).unwrap();
+            assert_eq!(codec.open::<u32>("t", &sealed).unwrap(), 5);
+            let error = codec.open::<u64>("t", &sealed).unwrap_err();
+            assert!(error.contains("another value type"), "{error}");
+        }
+    }
+
+    #[test]
     fn postcard_is_compact() {
-        // A u64 and a 12-byte token: header 4 + token 13 + varint value 1.
+        // A u64 and a 12-byte token: header 12 + token 13 + varint value 1.
         assert_eq!(
             Codec::Postcard.seal("123456-abcde", &5u64).unwrap().len(),
-            18
+            26
         );
     }
 }

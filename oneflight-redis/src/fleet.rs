@@ -14,30 +14,22 @@
 //! - **loads alone**, with in-process deduplication only, when Redis fails or rests after
 //!   a failure, or when `max_wait` ran out.
 
-use futures_util::future::{Either, select};
 use oneflight::Group;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::any::Any;
-use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::Duration;
 
 use crate::builder::Config;
-use crate::notify::{Notifier, Registration};
+use crate::flight::{Fencing, Link, Local, RedisFailed, Shared};
+use crate::health::Health;
+use crate::janitor::Janitor;
+use crate::notify::Notifier;
 use crate::stats::Counters;
-use crate::store::{Acquired, Failure, Names, Store, Transport, fence_of};
-use crate::{FleetBuilder, FleetError, FleetStats, OnRedisError, runtime};
-
-/// An error shared between the callers of one flight in this process, of the type its
-/// `try_work` caller chose.
-type Shared = Arc<dyn Any + Send + Sync>;
-
-/// What a flight gives the callers of this process.
-type Local<V> = Result<V, Shared>;
+use crate::store::{self, Store, Transport};
+use crate::{FleetBuilder, FleetStats, WorkError};
 
 /// One namespace of flights shared by every process that uses the same Redis and
 /// namespace: a cheap handle, clones share everything.
@@ -53,26 +45,18 @@ type Local<V> = Result<V, Shared>;
 /// # }
 /// ```
 pub struct Fleet<V> {
-    inner: Arc<Inner<V>>,
-}
-
-struct Inner<V> {
-    /// The in-process tier: callers of this process meet here first.
+    /// The in-process tier: callers of this process meet here first. Its value is a
+    /// `Result` with a type-erased error so that `work`, `try_work` and
+    /// `try_work_or_fail` callers of any error type share one flight per key (one Redis
+    /// exchange per process), as two plain groups could not.
     group: Group<String, Local<V>>,
-    store: Arc<dyn Transport>,
-    /// The namespace, for the Redis keys of each flight.
-    namespace: String,
-    notifier: Arc<Notifier>,
-    config: Config,
-    counters: Counters,
-    /// After a Redis failure: until when new flights skip Redis.
-    resting_until: Mutex<Option<Instant>>,
+    link: Arc<Link>,
 }
 
 impl<V> Fleet<V> {
     /// A fleet with the default settings (lease 5 s, renewed every third of it; poll
-    /// interval 250 ms; max wait 30 s; command timeout 1 s; postcard; degrade on Redis
-    /// errors). Connects lazily, at its first call, so it cannot fail here.
+    /// interval 250 ms; max wait 30 s; command timeout 1 s; values up to 16 MiB;
+    /// postcard). Connects lazily, at its first call, so it cannot fail here.
     ///
     /// ```
     /// use oneflight_redis::{Fleet, redis};
@@ -101,31 +85,49 @@ impl<V> Fleet<V> {
 
     pub(crate) fn from_parts(client: redis::Client, namespace: &str, config: Config) -> Self {
         let store = Store::new(client.clone(), namespace, config.command_timeout);
-        let notifier = Notifier::new(
-            client,
-            store.channel.clone(),
-            config.command_timeout,
-            config.retry_redis_after,
-        );
-        Self::with_transport(Arc::new(store), notifier, namespace, config)
+        Self::with_transport(Arc::new(store), client, namespace, config)
     }
 
-    /// A fleet on any transport: Redis, or memory in the model test.
+    /// A fleet on any transport (Redis, or memory in the model test), whose hints come
+    /// through `hints`.
     pub(crate) fn with_transport(
         store: Arc<dyn Transport>,
-        notifier: Notifier,
+        hints: redis::Client,
         namespace: &str,
         config: Config,
     ) -> Self {
+        let counters = Arc::new(Counters::default());
+        let health = Arc::new(Health::new(namespace, config.retry_redis_after));
+        let notifier = Notifier::new(
+            hints,
+            store::channel(namespace),
+            config.command_timeout,
+            config.retry_redis_after,
+            counters.clone(),
+            health.clone(),
+        );
+        // Dropping the fleet waits this long at most for the releases still pending.
+        let patience = config
+            .command_timeout
+            .saturating_mul(2)
+            .min(Duration::from_secs(5));
+        let janitor = Janitor::new(
+            store.clone(),
+            config.lease,
+            patience,
+            counters.clone(),
+            health.clone(),
+        );
         Fleet {
-            inner: Arc::new(Inner {
-                group: Group::new(),
+            group: Group::new(),
+            link: Arc::new(Link {
                 store,
-                namespace: namespace.to_owned(),
                 notifier: Arc::new(notifier),
+                janitor: Arc::new(janitor),
+                health,
+                counters,
                 config,
-                counters: Counters::default(),
-                resting_until: Mutex::new(None),
+                namespace: namespace.to_owned(),
             }),
         }
     }
@@ -140,7 +142,20 @@ impl<V> Fleet<V> {
     /// assert_eq!(stats.loads + stats.received, 0);
     /// ```
     pub fn stats(&self) -> FleetStats {
-        self.inner.counters.snapshot()
+        self.link.counters.snapshot()
+    }
+
+    /// How many keys have a flight of this process in the air (its in-process tier):
+    /// holding, waiting on another process, or loading alone.
+    ///
+    /// ```
+    /// use oneflight_redis::{Fleet, redis};
+    ///
+    /// let fleet: Fleet<u8> = Fleet::new(redis::Client::open("redis://127.0.0.1/").unwrap(), "n");
+    /// assert_eq!(fleet.in_flight(), 0);
+    /// ```
+    pub fn in_flight(&self) -> usize {
+        self.group.in_flight()
     }
 }
 
@@ -151,15 +166,19 @@ where
     /// Runs `fut` unless a flight for `key` is in the air anywhere in the fleet; either way,
     /// returns that flight's value. As [`oneflight::Group::work`], fleet-wide.
     ///
-    /// Never fails: when Redis cannot help (down, slow, undecodable payload), the call
-    /// goes on with in-process deduplication, and [`stats`](Self::stats) counts it.
+    /// Never fails: when Redis cannot help (down, slow, an answered error, an
+    /// undecodable payload), the call goes on with in-process deduplication, and
+    /// [`stats`](Self::stats) counts it. A wait on another process's flight lasts at most
+    /// `max_wait`, then this process loads by itself.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future is free for everyone else. A waiting caller simply stops
     /// waiting. If this process holds the key and its last local caller goes away, the
-    /// load is dropped and the lease released at once (on a spawned task), so that a
-    /// waiting process takes over without waiting out the lease.
+    /// load is dropped and the lease released at once (by the fleet's janitor thread), so
+    /// that a waiting process takes over without waiting out the lease. A caller dropped
+    /// while its acquire is in flight has the lease it may have taken released the same
+    /// way.
     ///
     /// # Panics
     ///
@@ -220,7 +239,7 @@ where
         F: IntoFuture<Output = V>,
     {
         let load = |fence| async move { Ok(load(fence).await) };
-        match self.call(key, fencing, load, None, |_| false).await {
+        match self.call(key, fencing, load, false, |_| false).await {
             Ok(value) => value,
             Err(_) => unreachable!("oneflight-redis: a `work` flight of this caller cannot fail"),
         }
@@ -229,12 +248,11 @@ where
     /// For loaders that can fail: an `Ok` is shared fleet-wide as with
     /// [`work`](Self::work); an `Err` is shared, as one `Arc<E>`, only with this process's
     /// callers of the flight. It is never written to Redis: the lease is released, and a
-    /// waiting process takes the key over with its own load.
+    /// waiting process takes the key over with its own load. `E` needs nothing but
+    /// `Send + Sync + 'static`: your own error enum, `std::io::Error` or `anyhow::Error`.
     ///
-    /// `E: From<FleetError>` lets a fleet built with
-    /// [`OnRedisError::Fail`](crate::OnRedisError::Fail) report Redis trouble as an error
-    /// of the caller's type; `std::io::Error`, `String`, `Box<dyn Error + Send + Sync>` and
-    /// `anyhow::Error` already convert.
+    /// Redis trouble degrades as with `work`; to be told of it instead, use
+    /// [`try_work_or_fail`](Self::try_work_or_fail).
     ///
     /// A `work` caller of the same key that joined a failing flight is not given the
     /// error: it runs the key again.
@@ -252,15 +270,11 @@ where
     pub async fn try_work<F, E>(&self, key: &str, fut: F) -> Result<V, Arc<E>>
     where
         F: IntoFuture<Output = Result<V, E>>,
-        E: From<FleetError> + Send + Sync + 'static,
+        E: Send + Sync + 'static,
     {
         let load = |_fence| async move { fut.await.map_err(|error| Arc::new(error) as Shared) };
-        let fail: Option<fn(FleetError) -> Shared> = match self.inner.config.on_redis_error {
-            OnRedisError::Fail => Some(|error| Arc::new(E::from(error))),
-            OnRedisError::Degrade => None,
-        };
         match self
-            .call(key, Fencing::Off, load, fail, |shared| shared.is::<E>())
+            .call(key, Fencing::Off, load, false, |shared| shared.is::<E>())
             .await
         {
             Ok(value) => Ok(value),
@@ -268,16 +282,60 @@ where
         }
     }
 
+    /// As [`try_work`](Self::try_work), for callers that must not load without the fleet:
+    /// when Redis cannot help (down, slow, resting after repeated failures, an answered
+    /// error such as `MOVED`), the load does not run and the callers of this process's
+    /// flight get [`WorkError::Redis`]. The load's own error is [`WorkError::Load`]. A
+    /// wait that reaches `max_wait` still loads here.
+    ///
+    /// Cancel safety and panics: as [`work`](Self::work).
+    ///
+    /// ```no_run
+    /// use oneflight_redis::{FleetErrorKind, WorkError};
+    ///
+    /// # async fn example(fleet: oneflight_redis::Fleet<String>) {
+    /// match fleet.try_work_or_fail("page:/", async { std::fs::read_to_string("index.html") }).await {
+    ///     Ok(page) => println!("{page}"),
+    ///     Err(WorkError::Load(error)) => eprintln!("the load failed: {error}"),
+    ///     Err(WorkError::Redis(error)) if error.kind() == FleetErrorKind::Timeout => {
+    ///         eprintln!("redis is slow, try later: {error}")
+    ///     }
+    ///     Err(WorkError::Redis(error)) => eprintln!("{error}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn try_work_or_fail<F, E>(&self, key: &str, fut: F) -> Result<V, WorkError<E>>
+    where
+        F: IntoFuture<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
+        let load = |_fence| async move { fut.await.map_err(|error| Arc::new(error) as Shared) };
+        let accept = |shared: &Shared| shared.is::<E>() || shared.is::<RedisFailed>();
+        match self.call(key, Fencing::Off, load, true, accept).await {
+            Ok(value) => Ok(value),
+            Err(shared) => match shared.downcast::<E>() {
+                Ok(error) => Err(WorkError::Load(error)),
+                Err(shared) => {
+                    let failed = shared
+                        .downcast_ref::<RedisFailed>()
+                        .expect("checked by `call`");
+                    Err(WorkError::Redis(failed.0.clone()))
+                }
+            },
+        }
+    }
+
     /// Joins or starts this process's flight of `key` until it gives this caller a
     /// result: the value, or an error that `accept` takes. An error that another caller's
     /// flight shared and `accept` does not take (a `try_work` error reaching a `work`
-    /// caller, or another error type) sends this caller round again with its own load.
+    /// caller, another error type, Redis trouble for a caller that degrades) sends this
+    /// caller round again with its own load.
     async fn call<C, F>(
         &self,
         key: &str,
         fencing: Fencing,
         load: C,
-        fail: Option<fn(FleetError) -> Shared>,
+        fail: bool,
         accept: fn(&Shared) -> bool,
     ) -> Local<V>
     where
@@ -289,16 +347,10 @@ where
         loop {
             let flight = async {
                 let load = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-                self.inner
-                    .fly(
-                        key,
-                        fencing,
-                        load.expect("a caller's flight runs at most once"),
-                        fail,
-                    )
-                    .await
+                let load = load.expect("a caller's flight runs at most once");
+                self.link.fly(key, fencing, load, fail).await
             };
-            match self.inner.group.work(key, flight).await {
+            match self.group.work(key, flight).await {
                 Ok(value) => return Ok(value),
                 Err(shared) if accept(&shared) => return Err(shared),
                 Err(shared)
@@ -315,239 +367,11 @@ where
     }
 }
 
-impl<V> Inner<V>
-where
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    /// This process's part in one flight of `key`.
-    async fn fly<C, F>(
-        &self,
-        key: &str,
-        fencing: Fencing,
-        load: C,
-        fail: Option<fn(FleetError) -> Shared>,
-    ) -> Local<V>
-    where
-        C: FnOnce(Option<u64>) -> F,
-        F: Future<Output = Local<V>>,
-    {
-        if self.resting() {
-            return self
-                .without_redis(load, fail, "resting after a redis failure".to_owned())
-                .await;
-        }
-        let names = Names::new(&self.namespace, key);
-        let deadline = Instant::now() + self.config.max_wait;
-        // The flight this process waits on, and its registration for pub/sub hints.
-        let mut waited: Option<(String, Registration)> = None;
-        loop {
-            // The announcement of the end brought the value: no need to ask Redis. (A
-            // payload that does not decode is asked for again, and counted, below.)
-            if let Some((token, registration)) = &waited {
-                let heard = registration
-                    .take_payload()
-                    .map(|payload| self.config.codec.open::<V>(token, &payload));
-                if let Some(Ok(value)) = heard {
-                    Counters::add(&self.counters.received);
-                    return Ok(value);
-                }
-            }
-            // Listen before asking, so that an end announced after the answer wakes us.
-            let listener = waited
-                .as_ref()
-                .map(|(_, registration)| registration.listen());
-            let token = waited.as_ref().map(|(token, _)| token.as_str());
-            let fenced = fencing == Fencing::On;
-            match self
-                .store
-                .acquire(&names, token, self.config.lease, fenced)
-                .await
-            {
-                Err(failure) => {
-                    self.failed();
-                    return self.without_redis(load, fail, failure).await;
-                }
-                Ok(Acquired::Hold(token)) => {
-                    if waited.take().is_some() {
-                        Counters::add(&self.counters.takeovers);
-                    }
-                    return self.hold(&names, token, load).await;
-                }
-                Ok(Acquired::Value(payload)) => {
-                    let (token, _) = waited.take().expect("a value is only handed to a waiter");
-                    match self.config.codec.open::<V>(&token, &payload) {
-                        Ok(value) => {
-                            Counters::add(&self.counters.received);
-                            return Ok(value);
-                        }
-                        // A miss: the next round starts a flight of its own.
-                        Err(_) => Counters::add(&self.counters.undecodable),
-                    }
-                }
-                Ok(Acquired::Wait(holder)) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return self.load_alone(load, None).await;
-                    }
-                    let listener = match (listener, &waited) {
-                        (Some(listener), Some((token, _))) if *token == holder => listener,
-                        _ => {
-                            let registration = self.notifier.register(&holder);
-                            let listener = registration.listen();
-                            waited = Some((holder, registration));
-                            listener
-                        }
-                    };
-                    let nap = self.config.poll_interval.min(deadline - now);
-                    runtime::timeout(nap, listener).await;
-                }
-            }
-        }
-    }
-
-    /// Runs the load as the fleet's holder of the flight `token`, keeps its lease alive
-    /// meanwhile, then publishes the value or gives the lease up.
-    async fn hold<C, F>(&self, names: &Names, token: String, load: C) -> Local<V>
-    where
-        C: FnOnce(Option<u64>) -> F,
-        F: Future<Output = Local<V>>,
-    {
-        // Releases the lease if this future is dropped (local callers gone) or unwinds (a
-        // panicking load) before the value is published.
-        let mut release = Release {
-            store: self.store.clone(),
-            names: names.clone(),
-            token: Some(token.clone()),
-        };
-        let fence = fence_of(&token);
-        let load = pin!(load(fence));
-        let renewal = pin!(self.renew(names, &token));
-        let Either::Left((result, _)) = select(load, renewal).await;
-        Counters::add(&self.counters.loads);
-        let payload = match &result {
-            Ok(value) => self.config.codec.seal(&token, value).ok(),
-            Err(_) => None,
-        };
-        match payload {
-            Some(payload) => match self
-                .store
-                .publish(names, &token, payload, self.config.lease)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => Counters::add(&self.counters.late_publishes),
-                Err(_) => self.failed(),
-            },
-            // An error stays in this process; a value that cannot be encoded cannot be
-            // shared. Either way the waiters take over now rather than after the lease.
-            None => {
-                if self.store.release(names, &token).await.is_err() {
-                    self.failed();
-                }
-            }
-        }
-        release.token = None;
-        result
-    }
-
-    /// Renews the lease every third of it while the load runs; gives up quietly when the
-    /// lease was lost (the publish will then be rejected). Never finishes.
-    async fn renew(&self, names: &Names, token: &str) -> Infallible {
-        loop {
-            runtime::sleep(self.config.renew_every()).await;
-            match self.store.renew(names, token, self.config.lease).await {
-                Ok(true) => {}
-                Ok(false) => std::future::pending::<()>().await,
-                Err(_) => self.failed(),
-            }
-        }
-    }
-
-    /// Without the fleet: the load runs here for this process's callers only, or, for a
-    /// `try_work` caller of a fleet built to fail, the caller gets a [`FleetError`].
-    async fn without_redis<C, F>(
-        &self,
-        load: C,
-        fail: Option<fn(FleetError) -> Shared>,
-        reason: Failure,
-    ) -> Local<V>
-    where
-        C: FnOnce(Option<u64>) -> F,
-        F: Future<Output = Local<V>>,
-    {
-        match fail {
-            Some(fail) => Err(fail(FleetError::new(reason))),
-            None => self.load_alone(load, None).await,
-        }
-    }
-
-    async fn load_alone<C, F>(&self, load: C, fence: Option<u64>) -> Local<V>
-    where
-        C: FnOnce(Option<u64>) -> F,
-        F: Future<Output = Local<V>>,
-    {
-        Counters::add(&self.counters.fallbacks);
-        Counters::add(&self.counters.loads);
-        load(fence).await
-    }
-
-    /// Counts a Redis failure and lets Redis rest: new flights skip it for a while.
-    fn failed(&self) {
-        Counters::add(&self.counters.redis_errors);
-        let until = Instant::now() + self.config.retry_redis_after;
-        *self
-            .resting_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(until);
-    }
-
-    fn resting(&self) -> bool {
-        let mut resting_until = self
-            .resting_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match *resting_until {
-            Some(until) if Instant::now() < until => true,
-            Some(_) => {
-                *resting_until = None;
-                false
-            }
-            None => false,
-        }
-    }
-}
-
-/// Whether a flight takes a fencing number: only for `work_fenced` callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fencing {
-    On,
-    Off,
-}
-
-/// Gives a lease up from a spawned task when the holder goes away before publishing.
-struct Release {
-    store: Arc<dyn Transport>,
-    names: Names,
-    /// The lease's token while it still needs releasing.
-    token: Option<String>,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
-            let (store, names) = (self.store.clone(), self.names.clone());
-            // Without a runtime to spawn on, the lease simply expires.
-            runtime::spawn(async move {
-                let _ = store.release(&names, &token).await;
-            });
-        }
-    }
-}
-
 impl<V> Clone for Fleet<V> {
     fn clone(&self) -> Self {
         Fleet {
-            inner: self.inner.clone(),
+            group: self.group.clone(),
+            link: self.link.clone(),
         }
     }
 }
@@ -555,8 +379,8 @@ impl<V> Clone for Fleet<V> {
 impl<V> fmt::Debug for Fleet<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fleet")
-            .field("namespace", &self.inner.namespace)
-            .field("in_flight_here", &self.inner.group.in_flight())
+            .field("namespace", &self.link.namespace)
+            .field("in_flight", &self.in_flight())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }

@@ -125,16 +125,20 @@ compile_error!("oneflight-redis needs the `tokio` or the `smol` feature (or both
 
 mod builder;
 mod codec;
+mod depth;
 mod error;
 mod fleet;
+mod flight;
+mod health;
+mod janitor;
 mod notify;
 mod runtime;
 mod stats;
 mod store;
 
-pub use builder::{FleetBuilder, OnRedisError};
+pub use builder::FleetBuilder;
 pub use codec::Codec;
-pub use error::FleetError;
+pub use error::{FleetError, FleetErrorKind, WorkError};
 pub use fleet::Fleet;
 pub use redis;
 pub use stats::FleetStats;

@@ -1,8 +1,11 @@
 //! A model test of the protocol without Redis: the fleet's real flight logic (holder,
-//! waiter, renewal, release, takeover, degrade) over an in-memory transport with the
+//! waiter, renewal, janitor, takeover, degrade) over an in-memory transport with the
 //! scripts' semantics, several "processes" (fleets) sharing it, random timings,
-//! cancellations, panics, Redis errors and leases lost early (a holder paused past its
-//! lease). Pub/sub hints never come here: waiters rely on polling alone.
+//! cancellations, panics, and Redis faults of every shape a network gives: a command
+//! that fails before it takes effect, one that takes effect and loses its reply, one
+//! that takes several polls (so that its caller can be cancelled before or after its
+//! effect), and leases lost early (a holder paused past its lease). Pub/sub hints never
+//! come here: waiters rely on polling alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use crate::builder::{Config, OnRedisError};
-use crate::notify::Notifier;
-use crate::store::{Acquired, Failure, Names, Transport};
-use crate::{Codec, Fleet};
+use crate::builder::Config;
+use crate::store::{Acquired, Names, Transport, nonce_of};
+use crate::{Codec, Fleet, FleetError, FleetErrorKind};
 
 /// A tiny deterministic generator, seeded per run.
 struct Rng(u64);
@@ -28,20 +30,35 @@ impl Rng {
     }
 }
 
+/// Which faults a run injects, per mille of commands.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    /// Fail before taking effect, as a refused command would.
+    errors: u64,
+    /// Take effect, then lose the reply (a timeout after the server acted).
+    lost_replies: u64,
+    /// The janitor's releases fail before they take effect (it retries every 50 ms,
+    /// until the lease would have expired: a short lease may then run out).
+    janitor_errors: u64,
+    /// After an acquire or renewal, the holder's lease is gone (evicted, or its holder
+    /// paused past it).
+    lost_leases: u64,
+    /// Every async command takes a few polls and milliseconds before and after its
+    /// effect, so that cancellations land on both sides of it.
+    slow: bool,
+}
+
 /// The scripts' semantics over maps, with injected faults.
 #[derive(Debug)]
 struct Memory {
     state: Mutex<State>,
-    /// Per mille of operations that fail as a Redis error would.
-    errors_per_mille: u64,
-    /// Per mille of acquires/renewals after which the holder's lease is gone (evicted, or
-    /// its holder paused past it).
-    lost_leases_per_mille: u64,
+    faults: Faults,
     seed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// Lease key → (token, expiry).
     leases: HashMap<String, (String, Instant)>,
     values: HashMap<String, (Vec<u8>, Instant)>,
     fences: HashMap<String, u64>,
@@ -49,6 +66,8 @@ struct State {
     published: HashMap<(String, u64), Instant>,
     /// Publishes rejected because the lease was not the token's.
     rejected: u64,
+    /// Leases that ran out while still in the map: nobody published or released them.
+    expired: u64,
 }
 
 impl Memory {
@@ -60,11 +79,33 @@ impl Memory {
         rng.below(1000) < per_mille
     }
 
-    fn fault(&self) -> Result<(), Failure> {
-        if self.roll(self.errors_per_mille) {
-            Err("injected redis error".to_owned())
-        } else {
-            Ok(())
+    fn error() -> FleetError {
+        FleetError::other(FleetErrorKind::Timeout, "memory", "model", "injected fault")
+    }
+
+    /// Before a command's effect: maybe slow, maybe failing.
+    async fn before(&self) -> Result<(), FleetError> {
+        self.pause().await;
+        if self.roll(self.faults.errors) {
+            return Err(Self::error());
+        }
+        Ok(())
+    }
+
+    /// After a command's effect: maybe slow, maybe losing the reply.
+    async fn after<T>(&self, reply: T) -> Result<T, FleetError> {
+        self.pause().await;
+        if self.roll(self.faults.lost_replies) {
+            return Err(Self::error());
+        }
+        Ok(reply)
+    }
+
+    async fn pause(&self) {
+        if self.faults.slow {
+            let millis = self.seed.fetch_add(1, Ordering::Relaxed) % 3;
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            tokio::task::yield_now().await;
         }
     }
 
@@ -75,6 +116,19 @@ impl Memory {
             .filter(|(_, until)| Instant::now() < *until)
             .map(|(token, _)| token)
     }
+
+    /// Takes an expired lease out of the map, counting it.
+    fn expire(state: &mut State, names: &Names) {
+        let lease = names.lease();
+        if state
+            .leases
+            .get(&lease)
+            .is_some_and(|(_, until)| Instant::now() >= *until)
+        {
+            state.leases.remove(&lease);
+            state.expired += 1;
+        }
+    }
 }
 
 impl Transport for Memory {
@@ -82,33 +136,38 @@ impl Transport for Memory {
         &'a self,
         names: &'a Names,
         waited: Option<&'a str>,
+        nonce: &'a str,
         lease: Duration,
         fenced: bool,
-    ) -> BoxFuture<'a, Result<Acquired, Failure>> {
+    ) -> BoxFuture<'a, Result<Acquired, FleetError>> {
         Box::pin(async move {
-            self.fault()?;
-            let mut state = self.state.lock().unwrap();
-            let value = waited.and_then(|waited| state.values.get(&names.value(waited)));
-            if let Some((payload, _)) = value.filter(|(_, until)| Instant::now() < *until) {
-                return Ok(Acquired::Value(payload.clone()));
-            }
-            if let Some(holder) = Self::lease_of(&state, names) {
-                let holder = holder.clone();
-                if self.roll(self.lost_leases_per_mille) {
-                    state.leases.remove(&names.lease());
+            self.before().await?;
+            let reply = {
+                let mut state = self.state.lock().unwrap();
+                Self::expire(&mut state, names);
+                let value = waited.and_then(|waited| state.values.get(&names.value(waited)));
+                if let Some((payload, _)) = value.filter(|(_, until)| Instant::now() < *until) {
+                    Acquired::Value(payload.clone())
+                } else if let Some(holder) = Self::lease_of(&state, names) {
+                    let holder = holder.clone();
+                    if self.roll(self.faults.lost_leases) {
+                        state.leases.remove(&names.lease());
+                    }
+                    Acquired::Wait(holder)
+                } else {
+                    let mut token = nonce.to_owned();
+                    if fenced {
+                        let fence = state.fences.entry(names.fence()).or_insert(0);
+                        *fence += 1;
+                        token = format!("{fence}-{token}");
+                    }
+                    state
+                        .leases
+                        .insert(names.lease(), (token.clone(), Instant::now() + lease));
+                    Acquired::Hold(token)
                 }
-                return Ok(Acquired::Wait(holder));
-            }
-            let mut token = format!("{:x}", self.seed.fetch_add(1, Ordering::Relaxed));
-            if fenced {
-                let fence = state.fences.entry(names.fence()).or_insert(0);
-                *fence += 1;
-                token = format!("{fence}-{token}");
-            }
-            state
-                .leases
-                .insert(names.lease(), (token.clone(), Instant::now() + lease));
-            Ok(Acquired::Hold(token))
+            };
+            self.after(reply).await
         })
     }
 
@@ -118,24 +177,29 @@ impl Transport for Memory {
         token: &'a str,
         payload: Vec<u8>,
         retention: Duration,
-    ) -> BoxFuture<'a, Result<bool, Failure>> {
+    ) -> BoxFuture<'a, Result<bool, FleetError>> {
         Box::pin(async move {
-            self.fault()?;
-            let mut state = self.state.lock().unwrap();
-            if Self::lease_of(&state, names).map(String::as_str) != Some(token) {
-                state.rejected += 1;
-                return Ok(false);
-            }
-            state
-                .values
-                .insert(names.value(token), (payload, Instant::now() + retention));
-            state.leases.remove(&names.lease());
-            if let Some(fence) = crate::store::fence_of(token) {
-                state
-                    .published
-                    .insert((names.lease(), fence), Instant::now());
-            }
-            Ok(true)
+            self.before().await?;
+            let published = {
+                let mut state = self.state.lock().unwrap();
+                Self::expire(&mut state, names);
+                if Self::lease_of(&state, names).map(String::as_str) != Some(token) {
+                    state.rejected += 1;
+                    false
+                } else {
+                    state
+                        .values
+                        .insert(names.value(token), (payload, Instant::now() + retention));
+                    state.leases.remove(&names.lease());
+                    if let Some(fence) = crate::store::fence_of(token) {
+                        state
+                            .published
+                            .insert((names.lease(), fence), Instant::now());
+                    }
+                    true
+                }
+            };
+            self.after(published).await
         })
     }
 
@@ -144,36 +208,47 @@ impl Transport for Memory {
         names: &'a Names,
         token: &'a str,
         lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, Failure>> {
+    ) -> BoxFuture<'a, Result<bool, FleetError>> {
         Box::pin(async move {
-            self.fault()?;
-            let mut state = self.state.lock().unwrap();
-            if Self::lease_of(&state, names).map(String::as_str) != Some(token)
-                || self.roll(self.lost_leases_per_mille)
-            {
-                return Ok(false);
-            }
-            state
-                .leases
-                .insert(names.lease(), (token.to_owned(), Instant::now() + lease));
-            Ok(true)
+            self.before().await?;
+            let renewed = {
+                let mut state = self.state.lock().unwrap();
+                Self::expire(&mut state, names);
+                if Self::lease_of(&state, names).map(String::as_str) != Some(token) {
+                    false
+                } else if self.roll(self.faults.lost_leases) {
+                    state.leases.remove(&names.lease());
+                    false
+                } else {
+                    state
+                        .leases
+                        .insert(names.lease(), (token.to_owned(), Instant::now() + lease));
+                    true
+                }
+            };
+            self.after(renewed).await
         })
     }
 
-    fn release<'a>(
-        &'a self,
-        names: &'a Names,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<bool, Failure>> {
-        Box::pin(async move {
-            self.fault()?;
-            let mut state = self.state.lock().unwrap();
-            if Self::lease_of(&state, names).map(String::as_str) != Some(token) {
-                return Ok(false);
-            }
+    fn release(&self, names: &Names, nonce: &str) -> Result<bool, FleetError> {
+        if self.roll(self.faults.janitor_errors) {
+            return Err(Self::error());
+        }
+        let mut state = self.state.lock().unwrap();
+        Self::expire(&mut state, names);
+        let ours = Self::lease_of(&state, names).is_some_and(|token| nonce_of(token) == nonce);
+        if ours {
             state.leases.remove(&names.lease());
-            Ok(true)
-        })
+        }
+        drop(state);
+        if self.roll(self.faults.lost_replies) {
+            return Err(Self::error());
+        }
+        Ok(ours)
+    }
+
+    fn address(&self) -> &str {
+        "memory"
     }
 }
 
@@ -208,33 +283,30 @@ fn config(lease: Duration) -> Config {
         max_wait: Duration::from_secs(3),
         command_timeout: Duration::from_millis(500),
         retry_redis_after: Duration::from_millis(10),
+        max_value_size: 1024,
         codec: Codec::Postcard,
-        on_redis_error: OnRedisError::Degrade,
     }
 }
 
 /// Runs one random schedule and checks every caller against the protocol's promises.
-fn run(seed: u64, errors_per_mille: u64, lost_leases_per_mille: u64) {
+fn run(seed: u64, faults: Faults) {
     let memory = Arc::new(Memory {
         state: Mutex::default(),
-        errors_per_mille,
-        lost_leases_per_mille,
+        faults,
         seed: AtomicU64::new(seed),
+    });
+    let healthy = faults.errors == 0 && faults.lost_leases == 0 && faults.lost_replies == 0;
+    // Without lost leases and janitor errors, every lease ends published or released.
+    let no_lease_may_expire = faults.lost_leases == 0 && faults.janitor_errors == 0;
+    let lease = Duration::from_millis(match (healthy, no_lease_may_expire) {
+        (true, _) => 2000,
+        (false, true) => 500,
+        (false, false) => 40,
     });
     // Hints never come: the notifier's client points at a port nothing listens on.
     let nowhere = || redis::Client::open("redis://127.0.0.1:1/").unwrap();
     let fleets: Vec<Fleet<u64>> = (0..3)
-        .map(|_| {
-            let notifier = Notifier::new(
-                nowhere(),
-                "none".into(),
-                Duration::from_millis(50),
-                Duration::from_secs(60),
-            );
-            let healthy = errors_per_mille == 0 && lost_leases_per_mille == 0;
-            let lease = Duration::from_millis(if healthy { 2000 } else { 40 });
-            Fleet::with_transport(memory.clone(), notifier, "m", config(lease))
-        })
+        .map(|_| Fleet::with_transport(memory.clone(), nowhere(), "m", config(lease)))
         .collect();
     let loads: Arc<Mutex<Vec<Load>>> = Arc::default();
     let panicking_processes: Arc<Mutex<Vec<usize>>> = Arc::default();
@@ -305,8 +377,21 @@ fn run(seed: u64, errors_per_mille: u64, lost_leases_per_mille: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         seen
     });
+    // Dropping the fleets waits for their janitors' pending releases.
+    drop(fleets);
+    drop(runtime);
     let loads = loads.lock().unwrap();
     let state = memory.state.lock().unwrap();
+    if no_lease_may_expire {
+        // No lease without a holder: every lease was published or released, none
+        // waited out, whatever replies were lost and whenever callers were cancelled.
+        assert_eq!(state.expired, 0, "seed {seed}: a lease ran out unreleased");
+        assert!(
+            state.leases.is_empty(),
+            "seed {seed}: leases left behind: {:?}",
+            state.leases
+        );
+    }
     let panicking = panicking_processes.lock().unwrap();
     // The earliest caller of each (process, load) pair: when that process's flight began.
     let mut first_caller: HashMap<(usize, u64), Instant> = HashMap::new();
@@ -346,7 +431,7 @@ fn run(seed: u64, errors_per_mille: u64, lost_leases_per_mille: u64) {
             );
         }
     }
-    if errors_per_mille == 0 && lost_leases_per_mille == 0 {
+    if healthy {
         // Healthy Redis: a key's loads never overlap across processes, and every load
         // ran under a lease (a fence), with distinct fences.
         let mut fences: Vec<(&str, u64)> = loads
@@ -378,24 +463,52 @@ fn run(seed: u64, errors_per_mille: u64, lost_leases_per_mille: u64) {
                 );
             }
         }
-        let now = Instant::now();
-        assert!(
-            state.leases.values().all(|(_, until)| *until <= now),
-            "seed {seed}: a lease left behind"
-        );
     }
 }
 
 #[test]
 fn protocol_on_a_healthy_store() {
     for seed in 1..=12 {
-        run(seed, 0, 0);
+        run(seed, Faults::default());
     }
 }
 
 #[test]
 fn protocol_with_store_errors_and_lost_leases() {
+    let faults = Faults {
+        errors: 30,
+        lost_leases: 30,
+        janitor_errors: 30,
+        ..Faults::default()
+    };
     for seed in 100..=112 {
-        run(seed, 30, 30);
+        run(seed, faults);
+    }
+}
+
+#[test]
+fn protocol_with_lost_replies_slow_commands_and_cancellations_after_effects() {
+    let faults = Faults {
+        errors: 30,
+        lost_replies: 60,
+        slow: true,
+        ..Faults::default()
+    };
+    for seed in 200..=212 {
+        run(seed, faults);
+    }
+}
+
+#[test]
+fn protocol_with_every_fault_at_once() {
+    let faults = Faults {
+        errors: 20,
+        lost_replies: 20,
+        lost_leases: 20,
+        janitor_errors: 20,
+        slow: true,
+    };
+    for seed in 300..=306 {
+        run(seed, faults);
     }
 }

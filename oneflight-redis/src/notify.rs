@@ -1,50 +1,79 @@
 //! Pub/sub as a wake-up hint: one subscriber connection per fleet listens on the
-//! namespace's channel, and wakes the local waiter of the flight whose token it hears.
+//! namespace's channel, and wakes this process's waiter of the flight whose end it hears.
 //!
 //! A hint only: Redis drops messages while a subscriber reconnects (at-most-once), so a
 //! waiter never trusts it alone and polls at the poll interval as well. After each
 //! (re)subscription every waiter is woken once, to check what it may have missed.
 //!
-//! An announcement is the flight's token, followed by a space and the value's payload
-//! when the value is small: the waiter then has the value without asking Redis again.
+//! - Waiters register by the flight's tag (its key), before their first acquire, so that
+//!   an end announced between the acquire's reply and the wait is heard.
+//! - An announcement names the token of the flight that ended, and brings the value's
+//!   payload when it is small; the waiter uses the payload only if the token is the one
+//!   it waits on.
+//! - The subscriber is watched: it pings Redis every [`PING_EVERY`], and a connection
+//!   that does not answer within the command timeout is replaced (a half-open connection
+//!   would otherwise stop hints for good). The task marks itself gone when it is dropped
+//!   (its runtime shut down), and the next registration starts a new one.
 
 use event_listener::{Event, EventListener};
 use futures_util::StreamExt;
+use futures_util::future::{Either, select};
 use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use crate::runtime;
+use crate::health::Health;
+use crate::stats::Counters;
+use crate::store::parse_announcement;
+use crate::{FleetError, runtime};
 
-/// The waiters of this fleet, by the token of the flight they wait on.
+/// How often the subscriber checks its connection with a `PING`, and whether the fleet
+/// is still there.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// The waiters of this fleet, by the tag of the flight they wait on.
 #[derive(Debug)]
 pub(crate) struct Notifier {
     client: redis::Client,
+    address: String,
     channel: String,
     command_timeout: Duration,
     retry_after: Duration,
-    /// Waiting flights: token → (event, number of registrations).
+    counters: Arc<Counters>,
+    health: Arc<Health>,
+    /// Waiting flights: tag → (hint, number of registrations).
     waiting: Mutex<HashMap<String, (Arc<Hint>, usize)>>,
-    /// Whether the subscriber task was started.
-    started: AtomicBool,
+    /// Whether a subscriber task is alive: set when one is spawned, cleared when it is
+    /// dropped.
+    running: Arc<AtomicBool>,
 }
 
-/// What the announcement of a flight's end brings its waiters.
+/// What the announcements of a flight's ends bring its waiters.
 #[derive(Debug, Default)]
 struct Hint {
-    /// Notified when the end is announced.
+    /// Notified when an end is announced.
     event: Event,
-    /// The value's payload, when the announcement carried it (a small value).
-    payload: Mutex<Option<Vec<u8>>>,
+    /// The last announced end that carried a payload: its token and payload.
+    payload: Mutex<Option<(String, Vec<u8>)>>,
 }
 
 /// One waiter's registration; unregisters on drop.
 #[derive(Debug)]
 pub(crate) struct Registration {
     notifier: Arc<Notifier>,
-    token: String,
+    tag: String,
     hint: Arc<Hint>,
+}
+
+/// Clears `running` when the subscriber task ends or is dropped with its runtime.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Notifier {
@@ -53,47 +82,51 @@ impl Notifier {
         channel: String,
         command_timeout: Duration,
         retry_after: Duration,
+        counters: Arc<Counters>,
+        health: Arc<Health>,
     ) -> Self {
         Notifier {
+            address: client.get_connection_info().addr().to_string(),
             client,
             channel,
             command_timeout,
             retry_after,
+            counters,
+            health,
             waiting: Mutex::new(HashMap::new()),
-            started: AtomicBool::new(false),
+            running: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Registers a waiter of the flight `token`, starting the subscriber on first use.
-    pub(crate) fn register(self: &Arc<Self>, token: &str) -> Registration {
-        if !self.started.swap(true, Ordering::AcqRel) {
+    /// Registers a waiter of the flights of `tag`, starting a subscriber if none runs.
+    pub(crate) fn register(self: &Arc<Self>, tag: &str) -> Registration {
+        if !self.running.swap(true, Ordering::AcqRel) {
+            let running = Running(self.running.clone());
             let weak = Arc::downgrade(self);
-            if !runtime::spawn(subscribe(weak)) {
-                self.started.store(false, Ordering::Release);
-            }
+            // Without a runtime to run it, the task is dropped here, clearing `running`:
+            // waiters poll.
+            let _ = runtime::spawn(subscribe(weak, running));
         }
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let (hint, count) = waiting.entry(token.to_owned()).or_default();
+        let (hint, count) = waiting.entry(tag.to_owned()).or_default();
         *count += 1;
         Registration {
             notifier: self.clone(),
-            token: token.to_owned(),
+            tag: tag.to_owned(),
             hint: hint.clone(),
         }
     }
 
-    /// Handles an announcement: `token`, or `token payload`.
+    /// Handles an announcement.
     fn wake(&self, message: &[u8]) {
-        let (token, payload) = match message.iter().position(|&b| b == b' ') {
-            Some(at) => (&message[..at], Some(&message[at + 1..])),
-            None => (message, None),
+        let Some((token, tag, payload)) = parse_announcement(message) else {
+            return;
         };
         let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let token = std::str::from_utf8(token).ok();
-        if let Some((hint, _)) = token.and_then(|token| waiting.get(token)) {
+        if let Some((hint, _)) = waiting.get(tag) {
             if let Some(payload) = payload {
                 *hint.payload.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(payload.to_vec());
+                    Some((token.to_owned(), payload.to_vec()));
             }
             hint.event.notify(usize::MAX);
         }
@@ -109,22 +142,35 @@ impl Notifier {
             hint.event.notify(usize::MAX);
         }
     }
+
+    fn failed(&self, error: redis::RedisError) {
+        let error = FleetError::from_redis(&self.address, "subscribe", error);
+        self.health.noted(&error, &self.counters);
+    }
 }
 
 impl Registration {
-    /// A listener for the next announcement of this flight's end. Create it before
-    /// checking Redis, so that an announcement after the check is not missed.
+    /// A listener for the next announcement of an end of this key's flights. Create it
+    /// before checking Redis, so that an announcement after the check is not missed.
     pub(crate) fn listen(&self) -> EventListener {
         self.hint.event.listen()
     }
 
-    /// The payload that the announcement of this flight's end carried, if any.
-    pub(crate) fn take_payload(&self) -> Option<Vec<u8>> {
-        self.hint
+    /// The payload that the announcement of the end of the flight `token` carried, if
+    /// it was the last one heard with a payload.
+    pub(crate) fn take_payload(&self, token: &str) -> Option<Vec<u8>> {
+        let mut payload = self
+            .hint
             .payload
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+            .unwrap_or_else(PoisonError::into_inner);
+        match payload.take() {
+            Some((heard, payload)) if heard == token => Some(payload),
+            other => {
+                *payload = other;
+                None
+            }
+        }
     }
 }
 
@@ -135,19 +181,18 @@ impl Drop for Registration {
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, count)) = waiting.get_mut(&self.token) {
+        if let Some((_, count)) = waiting.get_mut(&self.tag) {
             *count -= 1;
             if *count == 0 {
-                waiting.remove(&self.token);
+                waiting.remove(&self.tag);
             }
         }
     }
 }
 
-/// The subscriber task: subscribes, wakes waiters by token, resubscribes after a lost
-/// connection. Ends once the fleet is gone (checked at least once a second).
-async fn subscribe(notifier: Weak<Notifier>) {
-    const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The subscriber task: subscribes, wakes waiters, pings, resubscribes after a lost or
+/// silent connection. Ends once the fleet is gone (checked at every ping).
+async fn subscribe(notifier: Weak<Notifier>, _running: Running) {
     loop {
         let Some((client, channel, command_timeout, retry_after)) = notifier.upgrade().map(|n| {
             (
@@ -162,22 +207,60 @@ async fn subscribe(notifier: Weak<Notifier>) {
         let connect = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+            Ok::<_, redis::RedisError>(pubsub.split())
         };
-        if let Some(Ok(mut messages)) = runtime::timeout(command_timeout, connect).await {
+        let subscribed = match runtime::timeout(command_timeout, connect).await {
+            Some(Ok(halves)) => Some(halves),
+            Some(Err(error)) => {
+                notifier.upgrade().map(|n| n.failed(error));
+                None
+            }
+            None => {
+                let timeout =
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "subscribe timed out");
+                notifier.upgrade().map(|n| n.failed(timeout.into()));
+                None
+            }
+        };
+        if let Some((mut sink, mut messages)) = subscribed {
             match notifier.upgrade() {
                 Some(notifier) => notifier.wake_all(),
                 None => return,
             }
             loop {
-                match runtime::timeout(CHECK_EVERY, messages.next()).await {
-                    Some(Some(message)) => match notifier.upgrade() {
-                        Some(notifier) => notifier.wake(message.get_payload_bytes()),
-                        None => return,
-                    },
+                let heard = {
+                    let next = pin!(messages.next());
+                    let tick = pin!(runtime::sleep(PING_EVERY));
+                    match select(next, tick).await {
+                        Either::Left((message, _)) => Some(message),
+                        Either::Right(((), _)) => None,
+                    }
+                };
+                let Some(notifier) = notifier.upgrade() else {
+                    return;
+                };
+                match heard {
+                    Some(Some(message)) => notifier.wake(message.get_payload_bytes()),
                     Some(None) => break, // connection lost: resubscribe
-                    None if notifier.strong_count() == 0 => return,
-                    None => {}
+                    None => {
+                        // Quiet for a while: is the connection still there?
+                        let ping = sink.ping::<redis::Value>();
+                        match runtime::timeout(command_timeout, ping).await {
+                            Some(Ok(_)) => {}
+                            Some(Err(error)) => {
+                                notifier.failed(error);
+                                break;
+                            }
+                            None => {
+                                let timeout = std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "ping timed out",
+                                );
+                                notifier.failed(timeout.into());
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         }

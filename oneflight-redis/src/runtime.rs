@@ -34,24 +34,24 @@ pub(crate) async fn timeout<F: Future>(duration: Duration, fut: F) -> Option<F::
     }
 }
 
-/// Spawns `task`, detached. Returns `false` when no runtime can take it (only `tokio`
-/// on, called outside a Tokio runtime); the caller then does without the task.
-pub(crate) fn spawn(task: impl Future<Output = ()> + Send + 'static) -> bool {
+/// Spawns `task`, detached. Gives it back when no runtime can take it (only `tokio` on,
+/// called outside a Tokio runtime); the caller then runs it another way or does without.
+pub(crate) fn spawn<F>(task: F) -> Result<(), F>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     #[cfg(feature = "tokio")]
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         drop(handle.spawn(task));
-        return true;
+        return Ok(());
     }
     #[cfg(feature = "smol")]
     {
         smol::spawn(task).detach();
-        true
+        Ok(())
     }
     #[cfg(not(feature = "smol"))]
-    {
-        drop(task);
-        false
-    }
+    Err(task)
 }
 
 #[cfg(not(feature = "smol"))]

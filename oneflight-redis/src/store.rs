@@ -1,45 +1,60 @@
 //! The transport: the Redis keys of a flight, the Lua scripts that change them, and the
-//! one multiplexed connection every command goes through. Every command has a timeout.
+//! connections every command goes through. Every command has a timeout.
 //!
-//! Keys of one flight of `key` in namespace `ns` share the hash tag `{ns:key}`, so a
-//! Redis Cluster keeps them on one slot:
+//! A flight of `key` in namespace `ns` is named by its tag
+//! `{<bytes in ns>:<ns><bytes in key>:<key>}`: length-prefixed, so that no two
+//! (namespace, key) pairs share a tag whatever characters they hold (`"a"` + `"b:c"` and
+//! `"a:b"` + `"c"` are `{1:a3:b:c}` and `{3:a:b1:c}`). Its keys share that prefix, so a
+//! Redis Cluster keeps them on one slot (the hash tag is never empty: it starts with a
+//! digit):
 //!
-//! - `oneflight:{ns:key}:lease`: the holder's token, with the lease as its TTL;
-//! - `oneflight:{ns:key}:value:TOKEN`: the value published by the flight `TOKEN`, kept
-//!   for one lease so that polling waiters find it, then gone;
-//! - `oneflight:{ns:key}:fence`: the last fencing number handed out for the key, kept for
-//!   a day; only keys loaded with `work_fenced` have one (see [`ACQUIRE`]).
+//! - `oneflight:TAG:lease`: the holder's token, with the lease as its TTL;
+//! - `oneflight:TAG:value:TOKEN`: the value published by the flight `TOKEN`, kept one
+//!   lease plus one poll interval so that polling waiters find it, then gone;
+//! - `oneflight:TAG:fence`: the last fencing number handed out for the key, kept for a
+//!   day; only keys loaded with `work_fenced` have one (see [`ACQUIRE`]).
 //!
 //! Ends of flights (published or released) are announced on the namespace's channel
-//! `oneflight:ns:done`, the message being the flight's token: a hint only.
+//! `oneflight:<bytes in ns>:<ns>:done` as `TOKEN TAG_LEN:TAG[ PAYLOAD]`: a hint only.
+//!
+//! Tokens are `NONCE` or, for a fenced flight, `FENCE-NONCE`, the nonce chosen by the
+//! caller before it sends the acquire: if the reply is lost (a timeout, a cancelled
+//! caller, a dropped connection), the caller still knows which lease it may have taken,
+//! and has it released by nonce ([`RELEASE`]).
 
 use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::runtime;
+use crate::{FleetError, FleetErrorKind};
 
 /// Takes the lease, or says who holds it, or (for a waiter) hands over the value of the
 /// flight it waited on. One script, so that a waiter's check and its takeover are one
 /// round trip and atomic: a lease that expires between a `GET` and a `SET NX` cannot let
 /// two waiters both believe they took over.
 ///
+/// A value larger than `ARGV[6]` bytes is not returned inline: the reply says its size,
+/// and the waiter fetches it on the connection for large transfers.
+///
 /// A fenced flight's token starts with its fencing number, which grows with each fenced
 /// flight of a key: the larger of the last one plus one and the server's clock in
 /// microseconds, so that it keeps growing even after the fence key expired (a day after
-/// the key's last fenced flight). An unfenced flight's token is the random part alone: it
+/// the key's last fenced flight). An unfenced flight's token is the nonce alone: it
 /// neither reads nor writes the fence key, so callers who do not fence pay for neither.
 ///
 /// KEYS: lease, fence, value of the waited flight (or any key when `ARGV[3]` is empty).
-/// ARGV: lease ms, random part of the token, waited token or "", fence memory ms, '1' for
-/// a fenced flight.
-/// Returns `{"value", payload}`, `{"wait", holder's token}` or `{"hold", our token}`.
+/// ARGV: lease ms, the caller's nonce, waited token or "", fence memory ms, '1' for a
+/// fenced flight, the largest value returned inline.
+/// Returns `{"value", payload}`, `{"large", size}`, `{"wait", holder's token}` or
+/// `{"hold", our token}`.
 pub const ACQUIRE: &str = r"
 if ARGV[3] ~= '' then
-  local value = redis.call('GET', KEYS[3])
-  if value then return {'value', value} end
+  local size = redis.call('STRLEN', KEYS[3])
+  if size > tonumber(ARGV[6]) then return {'large', tostring(size)} end
+  if size > 0 then return {'value', redis.call('GET', KEYS[3])} end
 end
 local holder = redis.call('GET', KEYS[1])
 if holder then return {'wait', holder} end
@@ -63,23 +78,17 @@ return {'hold', token}
 /// a waiter that hears it needs no second round trip.
 ///
 /// KEYS: lease, value of this flight. ARGV: token, payload, value retention ms, channel,
-/// '1' to announce the payload. Returns 1 when published, 0 when the lease was no longer
-/// ours.
+/// '1' to announce the payload, the flight's `TAG_LEN:TAG`. Returns 1 when published, 0
+/// when the lease was no longer ours.
 pub const PUBLISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
-local message = ARGV[1]
+local message = ARGV[1] .. ' ' .. ARGV[6]
 if ARGV[5] == '1' then message = message .. ' ' .. ARGV[2] end
 redis.call('PUBLISH', ARGV[4], message)
 return 1
 ";
-
-/// Values up to this size ride along with the announcement of their flight's end; larger
-/// ones are fetched by each waiting process. Every subscriber of a namespace receives
-/// every announcement, so this bounds what a process may receive for flights it does not
-/// wait on.
-const ANNOUNCED_PAYLOAD: usize = 1024;
 
 /// Extends the lease only while it is ours (compare-and-expire): a late holder must not
 /// extend the lease of the flight that replaced it.
@@ -91,21 +100,46 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
-/// Gives the lease up without a value (local callers gone, a panic, an error), only if it
-/// is still ours (compare-and-delete), and wakes the waiters so that one takes over now.
+/// Gives the lease up without a value (local callers gone, a panic, an error, a lost
+/// reply), only if it is still the one taken with this nonce (compare-and-delete), and
+/// wakes the waiters so that one takes over now. By nonce, not token: a caller whose
+/// acquire reply was lost knows its nonce but not the fencing number in its token.
 ///
-/// KEYS: lease. ARGV: token, channel. Returns 1 when released, 0 when not ours.
+/// KEYS: lease. ARGV: nonce, channel, the flight's `TAG_LEN:TAG`. Returns 1 when
+/// released, 0 when not ours.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[1])
+if not holder then return 0 end
+if holder ~= ARGV[1] and string.sub(holder, -(#ARGV[1] + 1)) ~= '-' .. ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], holder .. ' ' .. ARGV[3])
 return 1
 ";
+
+/// Values up to this size ride along with the announcement of their flight's end; larger
+/// ones are fetched by each waiting process. Every subscriber of a namespace receives
+/// every announcement, so this bounds what a process may receive for flights it does not
+/// wait on.
+const ANNOUNCED_PAYLOAD: usize = 1024;
+
+/// Values up to this size travel inline, on the shared connection, under the command
+/// timeout; larger ones on the connection for large transfers, under a timeout that
+/// grows with their size ([`transfer_timeout`]), so that neither a big transfer is cut
+/// off nor do the small commands of other flights queue behind it.
+const INLINE_PAYLOAD: usize = 64 * 1024;
+
+/// The slowest transfer rate a large value is given time for, on top of the command
+/// timeout: 16 MiB get 2 s more.
+const SLOWEST_BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
 
 /// How long a fence number is remembered after a key's last flight.
 const FENCE_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The answer of [`Store::acquire`].
+/// The longest expiry sent to Redis (about 2,000 years): `SET ... PX` rejects what
+/// overflows its clock, and a `Duration::MAX` setting means "no limit".
+const LONGEST_EXPIRY_MS: u64 = 1 << 46;
+
+/// The answer of [`Transport::acquire`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Acquired {
     /// This process holds the lease of a new flight with this token.
@@ -116,47 +150,75 @@ pub(crate) enum Acquired {
     Value(Vec<u8>),
 }
 
-/// The Redis keys of one key's flights.
+/// The Redis names of one key's flights.
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
-    /// `oneflight:{ns:key}:`, the prefix of every key below.
-    prefix: String,
+    /// `{<bytes in ns>:<ns><bytes in key>:<key>}`: injective, see the module docs.
+    tag: String,
 }
 
 impl Names {
     pub(crate) fn new(namespace: &str, key: &str) -> Self {
         Names {
-            prefix: format!("oneflight:{{{namespace}:{key}}}:"),
+            tag: format!("{{{}:{namespace}{}:{key}}}", namespace.len(), key.len()),
         }
     }
 
     pub(crate) fn lease(&self) -> String {
-        format!("{}lease", self.prefix)
+        format!("oneflight:{}:lease", self.tag)
     }
     pub(crate) fn fence(&self) -> String {
-        format!("{}fence", self.prefix)
+        format!("oneflight:{}:fence", self.tag)
     }
     pub(crate) fn value(&self, token: &str) -> String {
-        format!("{}value:{token}", self.prefix)
+        format!("oneflight:{}:value:{token}", self.tag)
+    }
+    /// The flight's tag, as announcements name it.
+    pub(crate) fn tag(&self) -> &str {
+        &self.tag
+    }
+    /// `TAG_LEN:TAG`, as announcements carry it.
+    fn announced(&self) -> String {
+        format!("{}:{}", self.tag.len(), self.tag)
     }
 }
 
-/// A Redis error or timeout, as text for [`FleetError`](crate::FleetError).
-pub(crate) type Failure = String;
+/// The channel on which a namespace's ends of flights are announced.
+pub(crate) fn channel(namespace: &str) -> String {
+    format!("oneflight:{}:{namespace}:done", namespace.len())
+}
 
-/// The protocol's four operations: on Redis ([`Store`]), or in memory for the model test
-/// of the protocol. Each has the meaning of the script of the same name above.
+/// Splits an announcement `TOKEN TAG_LEN:TAG[ PAYLOAD]`; `None` when malformed.
+pub(crate) fn parse_announcement(message: &[u8]) -> Option<(&str, &str, Option<&[u8]>)> {
+    let space = message.iter().position(|&b| b == b' ')?;
+    let token = std::str::from_utf8(&message[..space]).ok()?;
+    let rest = &message[space + 1..];
+    let colon = rest.iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+    let rest = &rest[colon + 1..];
+    let tag = std::str::from_utf8(rest.get(..len)?).ok()?;
+    let payload = match &rest[len..] {
+        [] => None,
+        [b' ', payload @ ..] => Some(payload),
+        _ => return None,
+    };
+    Some((token, tag, payload))
+}
+
+/// The protocol's operations: on Redis ([`Store`]), or in memory for the model test of
+/// the protocol. Each has the meaning of the script of the same name above.
 pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
-    /// Takes the lease of a new flight (with a fencing number when `fenced`), or learns
-    /// who holds it; a waiter names the token it waited on and gets that flight's value
-    /// when it is there.
+    /// Takes the lease of a new flight with `nonce` (with a fencing number when
+    /// `fenced`), or learns who holds it; a waiter names the token it waited on and gets
+    /// that flight's value when it is there.
     fn acquire<'a>(
         &'a self,
         names: &'a Names,
         waited: Option<&'a str>,
+        nonce: &'a str,
         lease: Duration,
         fenced: bool,
-    ) -> BoxFuture<'a, Result<Acquired, Failure>>;
+    ) -> BoxFuture<'a, Result<Acquired, FleetError>>;
     /// Publishes `payload` as the value of the flight `token`; `Ok(false)` when the lease
     /// is no longer this flight's.
     fn publish<'a>(
@@ -165,32 +227,40 @@ pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
         token: &'a str,
         payload: Vec<u8>,
         retention: Duration,
-    ) -> BoxFuture<'a, Result<bool, Failure>>;
+    ) -> BoxFuture<'a, Result<bool, FleetError>>;
     /// Extends the lease of the flight `token`; `Ok(false)` when it was lost.
     fn renew<'a>(
         &'a self,
         names: &'a Names,
         token: &'a str,
         lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, Failure>>;
-    /// Gives up the lease of the flight `token` and wakes its waiters.
-    fn release<'a>(
-        &'a self,
-        names: &'a Names,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<bool, Failure>>;
+    ) -> BoxFuture<'a, Result<bool, FleetError>>;
+    /// Gives up the lease taken with `nonce` and wakes its waiters. Blocks the calling
+    /// thread (the janitor's): it works without a runtime, so that leases are released
+    /// while a runtime shuts down.
+    fn release(&self, names: &Names, nonce: &str) -> Result<bool, FleetError>;
+    /// The server's address, for errors.
+    fn address(&self) -> &str;
 }
 
-/// The connection to Redis and the scripts, shared by a fleet's clones and its tasks.
+/// The connections to Redis and the scripts, shared by a fleet's clones and its tasks.
 #[derive(Debug)]
 pub(crate) struct Store {
     client: Client,
-    /// `oneflight:ns:done`: where ends of flights are announced.
-    pub(crate) channel: String,
+    /// `host:port`, for errors.
+    address: Arc<str>,
+    /// `oneflight:<len>:<ns>:done`: where ends of flights are announced.
+    channel: String,
     command_timeout: Duration,
-    /// The connection in use; `None` until the first command, and again after a failure
-    /// so that the next command reconnects.
-    connection: Mutex<Option<MultiplexedConnection>>,
+    /// The connection for commands with small payloads, its response timeout the command
+    /// timeout; `None` until the first command, and again after the server did not
+    /// answer, so that the next command reconnects.
+    quick: Mutex<Option<MultiplexedConnection>>,
+    /// The connection for values over [`INLINE_PAYLOAD`], without a response timeout of
+    /// its own: each transfer is timed by its size.
+    bulk: Mutex<Option<MultiplexedConnection>>,
+    /// The janitor thread's blocking connection.
+    blocking: Mutex<Option<Blocking>>,
     scripts: Scripts,
 }
 
@@ -202,13 +272,40 @@ struct Scripts {
     release: Script,
 }
 
+/// A blocking connection (redis-rs's has no `Debug`).
+struct Blocking(redis::Connection);
+
+impl std::fmt::Debug for Blocking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Blocking")
+    }
+}
+
+/// Which of the store's async connections a command goes through.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Quick,
+    /// A transfer of this many bytes.
+    Bulk(usize),
+}
+
+/// The time a transfer of `bytes` is given: the command timeout, and more for a large
+/// value.
+fn transfer_timeout(command_timeout: Duration, bytes: usize) -> Duration {
+    let extra = Duration::from_millis(bytes as u64 * 1000 / SLOWEST_BYTES_PER_SECOND);
+    command_timeout.saturating_add(extra)
+}
+
 impl Store {
     pub(crate) fn new(client: Client, namespace: &str, command_timeout: Duration) -> Self {
         Store {
+            address: client.get_connection_info().addr().to_string().into(),
             client,
-            channel: format!("oneflight:{namespace}:done"),
+            channel: channel(namespace),
             command_timeout,
-            connection: Mutex::new(None),
+            quick: Mutex::new(None),
+            bulk: Mutex::new(None),
+            blocking: Mutex::new(None),
             scripts: Scripts {
                 acquire: Script::new(ACQUIRE),
                 publish: Script::new(PUBLISH),
@@ -218,82 +315,158 @@ impl Store {
         }
     }
 
-    /// Runs one command on the shared connection, connecting first if needed, all within
-    /// the command timeout. After any failure the connection is dropped, so that a
-    /// stalled or restarted server gets a fresh one next time.
+    fn slot(&self, lane: Lane) -> &Mutex<Option<MultiplexedConnection>> {
+        match lane {
+            Lane::Quick => &self.quick,
+            Lane::Bulk(_) => &self.bulk,
+        }
+    }
+
+    /// Runs one command of `operation` on the lane's connection, connecting first if
+    /// needed, all within the lane's timeout. A server that did not answer (a timeout, a
+    /// lost connection) loses the connection, so that a stalled or restarted server gets
+    /// a fresh one next time; an error the server answered keeps it.
     ///
-    /// On a live connection the timeout is redis-rs's own response timeout, set on the
-    /// connection to the command timeout: a second timer of ours would cost every command
-    /// a timer registration (on Tokio, often a wake-up of the timer's thread) for nothing.
-    async fn run<T, F, Fut>(&self, command: F) -> Result<T, Failure>
+    /// On a live quick connection the timeout is redis-rs's own response timeout, set on
+    /// the connection to the command timeout: a second timer of ours would cost every
+    /// command a timer registration (on Tokio, often a wake-up of the timer's thread) for
+    /// nothing.
+    async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        lane: Lane,
+        command: F,
+    ) -> Result<T, FleetError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let live = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let outcome = match live {
-            Some(connection) => command(connection).await.map_err(|error| error.to_string()),
-            None => {
+        let slot = self.slot(lane);
+        let live = slot.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let limit = match lane {
+            Lane::Quick => self.command_timeout,
+            Lane::Bulk(bytes) => transfer_timeout(self.command_timeout, bytes),
+        };
+        let outcome = match (live, lane) {
+            (Some(connection), Lane::Quick) => command(connection).await,
+            (live, _) => {
                 let connected = async {
-                    let connection = self.connect().await?;
+                    let connection = match live {
+                        Some(connection) => connection,
+                        None => self.connect(lane).await?,
+                    };
                     command(connection).await
                 };
-                match runtime::timeout(self.command_timeout, connected).await {
-                    Some(outcome) => outcome.map_err(|error| error.to_string()),
-                    None => Err(format!("no answer within {:?}", self.command_timeout)),
+                match runtime::timeout(limit, connected).await {
+                    Some(outcome) => outcome,
+                    None => {
+                        *slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                        return Err(FleetError::timeout(&self.address, operation, limit));
+                    }
                 }
             }
         };
-        if outcome.is_err() {
-            *self
-                .connection
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = None;
-        }
-        outcome
+        outcome.map_err(|error| {
+            let error = FleetError::from_redis(&self.address, operation, error);
+            if error.kind().is_unreachable() {
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            }
+            error
+        })
     }
 
-    /// A new connection, kept for the next commands.
-    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// A new connection for `lane`, kept for the next commands.
+    async fn connect(&self, lane: Lane) -> Result<MultiplexedConnection, RedisError> {
+        let response_timeout = match lane {
+            Lane::Quick => Some(self.command_timeout),
+            Lane::Bulk(_) => None,
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(Some(self.command_timeout));
+            .set_response_timeout(response_timeout);
         let connection = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         *self
-            .connection
+            .slot(lane)
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
         Ok(connection)
     }
+
+    /// Fetches a large value of `size` bytes on the bulk connection; `None` if it expired
+    /// since the acquire saw it.
+    async fn fetch(
+        &self,
+        names: &Names,
+        waited: &str,
+        size: usize,
+    ) -> Result<Option<Vec<u8>>, FleetError> {
+        let key = names.value(waited);
+        self.run("fetch", Lane::Bulk(size), |mut c| async move {
+            redis::cmd("GET").arg(key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    fn acquire_reply(&self, reply: Vec<Vec<u8>>) -> Result<Reply, FleetError> {
+        let unexpected = || {
+            FleetError::other(
+                FleetErrorKind::Answered,
+                &self.address,
+                "acquire",
+                "unexpected reply from the acquire script",
+            )
+        };
+        let [kind, body] = <[Vec<u8>; 2]>::try_from(reply).map_err(|_| unexpected())?;
+        let text = || String::from_utf8_lossy(&body).into_owned();
+        Ok(match kind.as_slice() {
+            b"value" => Reply::Done(Acquired::Value(body)),
+            b"wait" => Reply::Done(Acquired::Wait(text())),
+            b"hold" => Reply::Done(Acquired::Hold(text())),
+            b"large" => Reply::Large(text().parse().map_err(|_| unexpected())?),
+            _ => return Err(unexpected()),
+        })
+    }
 }
 
-/// The fencing number of a fenced flight's token (`FENCE-RANDOM`); `None` for an unfenced
-/// flight's token (`RANDOM`, no dash).
+/// The acquire script's reply, before a large value is fetched.
+enum Reply {
+    Done(Acquired),
+    /// The waited flight's value, too large to travel inline, has this many bytes.
+    Large(usize),
+}
+
+/// The fencing number of a fenced flight's token (`FENCE-NONCE`); `None` for an unfenced
+/// flight's token (`NONCE`, no dash).
 pub(crate) fn fence_of(token: &str) -> Option<u64> {
     let (fence, _) = token.split_once('-')?;
     fence.parse().ok()
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+/// The nonce of a token: what [`RELEASE`] matches.
+pub(crate) fn nonce_of(token: &str) -> &str {
+    token.rsplit_once('-').map_or(token, |(_, nonce)| nonce)
 }
 
-/// A random number for tokens, from the standard library's randomly keyed hasher (no
-/// extra dependency): tokens must differ between processes and flights, not be secret.
-fn random_u64() -> u64 {
+/// A duration as Redis expiry milliseconds: at least 1, at most [`LONGEST_EXPIRY_MS`].
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, LONGEST_EXPIRY_MS)
+}
+
+/// A fresh nonce for a flight's token, from the standard library's randomly keyed hasher
+/// (no extra dependency): tokens must differ between processes and flights, not be
+/// secret.
+pub(crate) fn nonce() -> String {
     use std::hash::{BuildHasher, RandomState};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    RandomState::new().hash_one((COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id()))
+    let random =
+        RandomState::new().hash_one((COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id()));
+    format!("{random:016x}")
 }
 
 impl Transport for Store {
@@ -301,30 +474,35 @@ impl Transport for Store {
         &'a self,
         names: &'a Names,
         waited: Option<&'a str>,
+        nonce: &'a str,
         lease: Duration,
         fenced: bool,
-    ) -> BoxFuture<'a, Result<Acquired, Failure>> {
+    ) -> BoxFuture<'a, Result<Acquired, FleetError>> {
         Box::pin(async move {
-            let nonce = format!("{:016x}", random_u64());
-            let waited = waited.unwrap_or("");
-            let mut call = self.scripts.acquire.key(names.lease());
-            call.key(names.fence()).key(names.value(waited));
-            call.arg(millis(lease))
-                .arg(nonce)
-                .arg(waited)
-                .arg(millis(FENCE_MEMORY))
-                .arg(if fenced { "1" } else { "0" });
-            let reply: Vec<Vec<u8>> = self
-                .run(|mut c| async move { call.invoke_async(&mut c).await })
-                .await?;
-            match <[Vec<u8>; 2]>::try_from(reply) {
-                Ok([kind, body]) => match kind.as_slice() {
-                    b"value" => Ok(Acquired::Value(body)),
-                    b"wait" => Ok(Acquired::Wait(String::from_utf8_lossy(&body).into_owned())),
-                    b"hold" => Ok(Acquired::Hold(String::from_utf8_lossy(&body).into_owned())),
-                    _ => Err("unexpected reply from the acquire script".to_owned()),
-                },
-                Err(_) => Err("unexpected reply from the acquire script".to_owned()),
+            // Twice at most: a large value that expired between the script and its fetch
+            // sends the waiter to the script again, as a newcomer.
+            let mut waited = waited.unwrap_or("");
+            loop {
+                let mut call = self.scripts.acquire.key(names.lease());
+                call.key(names.fence()).key(names.value(waited));
+                call.arg(millis(lease))
+                    .arg(nonce)
+                    .arg(waited)
+                    .arg(millis(FENCE_MEMORY))
+                    .arg(if fenced { "1" } else { "0" })
+                    .arg(INLINE_PAYLOAD);
+                let reply: Vec<Vec<u8>> = self
+                    .run("acquire", Lane::Quick, |mut c| async move {
+                        call.invoke_async(&mut c).await
+                    })
+                    .await?;
+                match self.acquire_reply(reply)? {
+                    Reply::Done(acquired) => return Ok(acquired),
+                    Reply::Large(size) => match self.fetch(names, waited, size).await? {
+                        Some(payload) => return Ok(Acquired::Value(payload)),
+                        None => waited = "",
+                    },
+                }
             }
         })
     }
@@ -335,22 +513,27 @@ impl Transport for Store {
         token: &'a str,
         payload: Vec<u8>,
         retention: Duration,
-    ) -> BoxFuture<'a, Result<bool, Failure>> {
+    ) -> BoxFuture<'a, Result<bool, FleetError>> {
         Box::pin(async move {
+            let size = payload.len();
             let mut call = self.scripts.publish.key(names.lease());
             call.key(names.value(token));
-            let announce = if payload.len() <= ANNOUNCED_PAYLOAD {
-                "1"
-            } else {
-                "0"
-            };
+            let announce = if size <= ANNOUNCED_PAYLOAD { "1" } else { "0" };
             call.arg(token)
                 .arg(payload)
                 .arg(millis(retention))
                 .arg(&self.channel)
-                .arg(announce);
-            self.run(|mut c| async move { call.invoke_async(&mut c).await })
-                .await
+                .arg(announce)
+                .arg(names.announced());
+            let lane = if size <= INLINE_PAYLOAD {
+                Lane::Quick
+            } else {
+                Lane::Bulk(size)
+            };
+            self.run("publish", lane, |mut c| async move {
+                call.invoke_async(&mut c).await
+            })
+            .await
         })
     }
 
@@ -359,25 +542,102 @@ impl Transport for Store {
         names: &'a Names,
         token: &'a str,
         lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, Failure>> {
+    ) -> BoxFuture<'a, Result<bool, FleetError>> {
         Box::pin(async move {
             let mut call = self.scripts.renew.key(names.lease());
             call.arg(token).arg(millis(lease));
-            self.run(|mut c| async move { call.invoke_async(&mut c).await })
-                .await
+            self.run("renew", Lane::Quick, |mut c| async move {
+                call.invoke_async(&mut c).await
+            })
+            .await
         })
     }
 
-    fn release<'a>(
-        &'a self,
-        names: &'a Names,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<bool, Failure>> {
-        Box::pin(async move {
-            let mut call = self.scripts.release.key(names.lease());
-            call.arg(token).arg(&self.channel);
-            self.run(|mut c| async move { call.invoke_async(&mut c).await })
-                .await
-        })
+    fn release(&self, names: &Names, nonce: &str) -> Result<bool, FleetError> {
+        let fail = |error| FleetError::from_redis(&self.address, "release", error);
+        let mut blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
+        if blocking.is_none() {
+            let connection = self
+                .client
+                .get_connection_with_timeout(self.command_timeout)
+                .map_err(fail)?;
+            connection
+                .set_read_timeout(Some(self.command_timeout))
+                .map_err(fail)?;
+            connection
+                .set_write_timeout(Some(self.command_timeout))
+                .map_err(fail)?;
+            *blocking = Some(Blocking(connection));
+        }
+        let Blocking(connection) = blocking.as_mut().expect("connected above");
+        let released = self
+            .scripts
+            .release
+            .key(names.lease())
+            .arg(nonce)
+            .arg(&self.channel)
+            .arg(names.announced())
+            .invoke(connection)
+            .map_err(fail);
+        if released.as_ref().is_err_and(|e| e.kind().is_unreachable()) {
+            *blocking = None;
+        }
+        released
+    }
+
+    fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_never_mix_namespaces_and_keys() {
+        let odd = [
+            "", "a", "a:b", "b:c", "c", ":", "{", "}", "{}", "a b", "a\nb", "1:a", "é",
+        ];
+        let mut seen = std::collections::HashMap::new();
+        for namespace in odd {
+            for key in odd {
+                let lease = Names::new(namespace, key).lease();
+                if let Some(other) = seen.insert(lease.clone(), (namespace, key)) {
+                    panic!("{other:?} and {:?} share {lease}", (namespace, key));
+                }
+            }
+        }
+        assert_ne!(
+            Names::new("a", "b:c").lease(),
+            Names::new("a:b", "c").lease()
+        );
+        assert_ne!(channel("a"), channel("a:b"));
+    }
+
+    #[test]
+    fn announcements_parse_back() {
+        let names = Names::new("ns", "k e}y\n");
+        let mut message = format!("123-abc {}", names.announced()).into_bytes();
+        assert_eq!(
+            parse_announcement(&message),
+            Some(("123-abc", names.tag(), None))
+        );
+        message.extend(b" \x00payload");
+        assert_eq!(
+            parse_announcement(&message),
+            Some(("123-abc", names.tag(), Some(&b"\x00payload"[..])))
+        );
+        assert_eq!(parse_announcement(b"token 99:short"), None);
+    }
+
+    #[test]
+    fn nonces_and_fences_come_back_out_of_tokens() {
+        assert_eq!(nonce_of("12-abc"), "abc");
+        assert_eq!(nonce_of("abc"), "abc");
+        assert_eq!(fence_of("12-abc"), Some(12));
+        assert_eq!(fence_of("abc"), None);
+        assert_eq!(millis(Duration::MAX), LONGEST_EXPIRY_MS);
+        assert_eq!(millis(Duration::ZERO), 1);
     }
 }

@@ -1,0 +1,333 @@
+//! One process's part in a flight: what the in-process runner of a key does with Redis.
+//!
+//! That runner either:
+//!
+//! - **holds** the key: it took the lease, runs the load while a renewal task keeps the
+//!   lease alive, then publishes the value under its token (compare-and-set), or hands
+//!   the lease to the janitor when it has no value to share (error, panic, cancellation,
+//!   a value over `max_value_size`, a publish whose reply was lost);
+//! - **waits** on another process's flight: it sleeps until a pub/sub hint or the poll
+//!   interval, then asks again with the token it waits on, and gets that flight's value,
+//!   or takes the key over when the lease is gone without a value, or follows a newer
+//!   holder;
+//! - **loads alone**, with in-process deduplication only, when Redis fails or rests after
+//!   repeated failures, or when `max_wait` ran out.
+//!
+//! Invariant: from the moment an acquire is sent until this process no longer needs the
+//! lease it may have taken, a [`Release`] guard for its nonce is armed; every way out
+//! (an error, a cancellation, a panic, a lost reply) that does not end in a publish that
+//! Redis confirmed, or in an answer that says the lease is not ours, drops it armed, and
+//! the janitor releases the lease.
+
+use futures_util::future::{AbortHandle, Abortable, Either, select};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::any::Any;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::builder::Config;
+use crate::health::Health;
+use crate::janitor::Janitor;
+use crate::notify::Notifier;
+use crate::stats::Counters;
+use crate::store::{self, Acquired, Names, Transport, fence_of, nonce_of};
+use crate::{FleetError, runtime};
+
+/// An error shared between the callers of one flight in this process, of the type its
+/// `try_work` caller chose (or [`RedisFailed`]). `Any`, so that callers with different
+/// error types, and `work` callers, still meet in one flight per key and process.
+pub(crate) type Shared = Arc<dyn Any + Send + Sync>;
+
+/// What a flight gives the callers of this process.
+pub(crate) type Local<V> = Result<V, Shared>;
+
+/// Redis trouble, shared with the callers of a `try_work_or_fail` flight.
+pub(crate) struct RedisFailed(pub(crate) FleetError);
+
+/// Whether a flight takes a fencing number: only for `work_fenced` callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fencing {
+    On,
+    Off,
+}
+
+/// Everything of a fleet that talks to Redis, whatever the value type; shared with the
+/// renewal tasks.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) store: Arc<dyn Transport>,
+    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) janitor: Arc<Janitor>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) config: Config,
+    /// The namespace, for the Redis names of each flight.
+    pub(crate) namespace: String,
+}
+
+impl Link {
+    /// This process's part in one flight of `key`. With `fail`, Redis trouble ends the
+    /// flight with [`RedisFailed`] instead of a load without the fleet.
+    pub(crate) async fn fly<V, C, F>(
+        self: &Arc<Self>,
+        key: &str,
+        fencing: Fencing,
+        load: C,
+        fail: bool,
+    ) -> Local<V>
+    where
+        V: Serialize + DeserializeOwned,
+        C: FnOnce(Option<u64>) -> F,
+        F: Future<Output = Local<V>>,
+    {
+        if let Some(error) = self.health.resting() {
+            return self.without_redis(load, fail, error).await;
+        }
+        let names = Names::new(&self.namespace, key);
+        let config = &self.config;
+        // `None`: `max_wait` too long to add, that is, no limit.
+        let deadline = Instant::now().checked_add(config.max_wait);
+        // Before the first acquire: an end announced between its reply and the wait wakes
+        // this flight.
+        let hints = self.notifier.register(names.tag());
+        // The flight this process waits on, and when Redis last said it held the lease.
+        let mut waited: Option<(String, Instant)> = None;
+        loop {
+            // The announcement of the end brought the value: no need to ask Redis. (A
+            // payload that does not decode is asked for again, and counted, below.)
+            if let Some((token, _)) = &waited {
+                let heard = hints
+                    .take_payload(token)
+                    .map(|payload| config.codec.open::<V>(token, &payload));
+                if let Some(Ok(value)) = heard {
+                    Counters::add(&self.counters.received);
+                    return Ok(value);
+                }
+            }
+            // Listen before asking, so that an end announced after the answer wakes us.
+            let listener = hints.listen();
+            let nonce = store::nonce();
+            // Armed while the acquire is in flight: it may take the lease even if its
+            // reply never reaches us.
+            let release = Release::new(&self.janitor, &names, &nonce);
+            let token = waited.as_ref().map(|(token, _)| token.as_str());
+            let fenced = fencing == Fencing::On;
+            let answer = self
+                .store
+                .acquire(&names, token, &nonce, config.lease, fenced)
+                .await;
+            match answer {
+                Err(error) => {
+                    drop(release);
+                    self.health.failed(&error, &self.counters);
+                    return self.without_redis(load, fail, error).await;
+                }
+                Ok(Acquired::Hold(token)) => {
+                    self.health.answered();
+                    // A takeover when the waited flight ended without a value: had it
+                    // published since Redis last said it held the lease, the value would
+                    // still be kept (for `retention`), and this acquire would have got it.
+                    if waited.is_some_and(|(_, seen)| seen.elapsed() < config.retention()) {
+                        Counters::add(&self.counters.takeovers);
+                    }
+                    drop(hints);
+                    return self.hold(&names, token, release, load).await;
+                }
+                Ok(Acquired::Value(payload)) => {
+                    release.disarm();
+                    self.health.answered();
+                    let (token, _) = waited.take().expect("a value is only handed to a waiter");
+                    match config.codec.open::<V>(&token, &payload) {
+                        Ok(value) => {
+                            Counters::add(&self.counters.received);
+                            return Ok(value);
+                        }
+                        // A miss: the next round starts a flight of its own.
+                        Err(_) => Counters::add(&self.counters.undecodable),
+                    }
+                }
+                Ok(Acquired::Wait(holder)) => {
+                    release.disarm();
+                    self.health.answered();
+                    let now = Instant::now();
+                    let left = deadline.map_or(Duration::MAX, |deadline| {
+                        deadline.saturating_duration_since(now)
+                    });
+                    if left.is_zero() {
+                        return self.load_alone(load, None).await;
+                    }
+                    waited = Some((holder, now));
+                    runtime::timeout(config.poll_interval.min(left), listener).await;
+                }
+            }
+        }
+    }
+
+    /// Runs the load as the fleet's holder of the flight `token` (whose lease `release`
+    /// gives up unless disarmed), keeps its lease alive meanwhile, then publishes the
+    /// value or gives the lease up.
+    async fn hold<V, C, F>(
+        self: &Arc<Self>,
+        names: &Names,
+        token: String,
+        release: Release,
+        load: C,
+    ) -> Local<V>
+    where
+        V: Serialize,
+        C: FnOnce(Option<u64>) -> F,
+        F: Future<Output = Local<V>>,
+    {
+        Counters::add(&self.counters.loads);
+        let load = load(fence_of(&token));
+        // Renewal runs on a task of its own, so that a load that hogs its thread does not
+        // stop it; where nothing can be spawned, beside the load in this task.
+        let renewal = renew(self.clone(), names.clone(), token.clone());
+        let (stop, registration) = AbortHandle::new_pair();
+        let result = match runtime::spawn(async move {
+            let _ = Abortable::new(renewal, registration).await;
+        }) {
+            Ok(()) => {
+                let _stop = Stop(stop);
+                load.await
+            }
+            Err(renewal) => match select(pin!(load), pin!(renewal)).await {
+                Either::Left((result, _)) => result,
+                // The lease was lost: the load goes on for this process's callers.
+                Either::Right(((), load)) => load.await,
+            },
+        };
+        let payload = match &result {
+            Ok(value) => match self.config.codec.seal(&token, value) {
+                Ok(payload) if payload.len() <= self.config.max_value_size => Some(payload),
+                Ok(_) => {
+                    Counters::add(&self.counters.oversized);
+                    None
+                }
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        // An error stays in this process; a value that cannot be encoded or is too large
+        // cannot be shared. Either way `release` stays armed: the janitor gives the lease
+        // up now, and a waiter takes over rather than after the lease.
+        if let Some(payload) = payload {
+            match self
+                .store
+                .publish(names, &token, payload, self.config.retention())
+                .await
+            {
+                Ok(published) => {
+                    // Published, or the lease was no longer ours: nothing to release.
+                    release.disarm();
+                    self.health.answered();
+                    if !published {
+                        Counters::add(&self.counters.late_publishes);
+                    }
+                }
+                // The publish may not have taken effect: `release` stays armed.
+                Err(error) => self.health.failed(&error, &self.counters),
+            }
+        }
+        result
+    }
+
+    /// Without the fleet: the load runs here for this process's callers only, or, for a
+    /// `try_work_or_fail` flight, its callers get the [`FleetError`].
+    async fn without_redis<V, C, F>(&self, load: C, fail: bool, error: FleetError) -> Local<V>
+    where
+        C: FnOnce(Option<u64>) -> F,
+        F: Future<Output = Local<V>>,
+    {
+        if fail {
+            Err(Arc::new(RedisFailed(error)))
+        } else {
+            self.load_alone(load, None).await
+        }
+    }
+
+    async fn load_alone<V, C, F>(&self, load: C, fence: Option<u64>) -> Local<V>
+    where
+        C: FnOnce(Option<u64>) -> F,
+        F: Future<Output = Local<V>>,
+    {
+        Counters::add(&self.counters.fallbacks);
+        Counters::add(&self.counters.loads);
+        load(fence).await
+    }
+}
+
+/// Keeps the lease of the flight `token` alive until aborted or lost: renews every third
+/// of the lease after a success, and every sixth after a failure, each attempt bounded
+/// by a sixth. So after the last success at `s`, attempts start by `s + L/3`, `s + L/2`,
+/// `s + 2L/3` and end by `s + 5L/6`: two (in fact three) failures in a row are survived.
+async fn renew(link: Arc<Link>, names: Names, token: String) {
+    let lease = link.config.lease;
+    let (every, retry) = (lease / 3, lease / 6);
+    let attempt_limit = retry.min(link.config.command_timeout);
+    let mut next = Instant::now().checked_add(every);
+    loop {
+        match next {
+            Some(at) => runtime::sleep(at.saturating_duration_since(Instant::now())).await,
+            None => std::future::pending().await,
+        }
+        let began = Instant::now();
+        let attempt = link.store.renew(&names, &token, lease);
+        let error = match runtime::timeout(attempt_limit, attempt).await {
+            Some(Ok(true)) => {
+                link.health.answered();
+                next = began.checked_add(every);
+                continue;
+            }
+            // Lost: the publish will be rejected.
+            Some(Ok(false)) => return,
+            Some(Err(error)) => error,
+            None => FleetError::timeout(link.store.address(), "renew", attempt_limit),
+        };
+        link.health.failed(&error, &link.counters);
+        next = began.checked_add(retry);
+    }
+}
+
+/// Stops the renewal task when the holder is done or dropped.
+struct Stop(AbortHandle);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Hands the lease taken with a nonce to the janitor when dropped armed: see the module
+/// docs' invariant.
+pub(crate) struct Release {
+    janitor: Arc<Janitor>,
+    names: Names,
+    nonce: Option<String>,
+}
+
+impl Release {
+    fn new(janitor: &Arc<Janitor>, names: &Names, nonce: &str) -> Self {
+        Release {
+            janitor: janitor.clone(),
+            names: names.clone(),
+            nonce: Some(nonce_of(nonce).to_owned()),
+        }
+    }
+
+    /// This process no longer may hold the lease: nothing to release.
+    fn disarm(mut self) {
+        self.nonce = None;
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(nonce) = self.nonce.take() {
+            self.janitor.release(self.names.clone(), nonce);
+        }
+    }
+}
