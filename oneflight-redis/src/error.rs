@@ -185,6 +185,17 @@ impl FleetError {
         }
     }
 
+    /// Whether the failed command may have reached Redis and taken effect: not when the
+    /// connection was refused, nor when Redis answered with an error (the fleet's scripts
+    /// fail before their last write).
+    pub(crate) fn may_have_taken_effect(&self) -> bool {
+        let refused = self
+            .source
+            .as_ref()
+            .is_some_and(redis::RedisError::is_connection_refusal);
+        self.kind.is_unreachable() && !refused
+    }
+
     /// What an operator should do about an error that no retry fixes, if this is one.
     pub(crate) fn advice(&self) -> Option<&'static str> {
         if self.kind == FleetErrorKind::Configuration {

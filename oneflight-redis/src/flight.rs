@@ -121,7 +121,11 @@ impl Link {
                 .await;
             match answer {
                 Err(error) => {
-                    drop(release);
+                    if error.may_have_taken_effect() {
+                        drop(release);
+                    } else {
+                        release.disarm();
+                    }
                     self.health.failed(&error, &self.counters);
                     return self.without_redis(load, fail, error).await;
                 }

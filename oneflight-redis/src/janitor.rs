@@ -51,6 +51,9 @@ struct Worker {
 struct Job {
     names: Names,
     nonce: String,
+    /// Whether a failure of this job was counted already: a release that Redis does not
+    /// answer counts once in the stats, not once per retry.
+    counted: bool,
     /// When the lease would have expired anyway: the janitor gives up then.
     until: Option<Instant>,
 }
@@ -79,6 +82,7 @@ impl Janitor {
         let job = Job {
             names,
             nonce,
+            counted: false,
             until: Instant::now().checked_add(self.lease),
         };
         let mut worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
@@ -128,7 +132,7 @@ fn work(store: &dyn Transport, counters: &Counters, health: &Health, inbox: &mps
         }
         pending.extend(inbox.try_iter());
         let now = Instant::now();
-        pending.retain(|job| {
+        pending.retain_mut(|job| {
             if job.until.is_some_and(|until| now >= until) {
                 return false; // expired by now: nothing left to release
             }
@@ -138,7 +142,9 @@ fn work(store: &dyn Transport, counters: &Counters, health: &Health, inbox: &mps
                     false
                 }
                 Err(error) => {
-                    health.noted(&error, counters);
+                    if !std::mem::replace(&mut job.counted, true) {
+                        health.noted(&error, counters);
+                    }
                     error.kind().is_unreachable()
                 }
             }

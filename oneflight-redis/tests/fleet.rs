@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use oneflight_redis::{Codec, Fleet, FleetError, OnRedisError, redis};
+use oneflight_redis::{Codec, Fleet, FleetErrorKind, WorkError, redis};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,7 +32,7 @@ async fn a_later_call_starts_a_new_flight_nothing_is_cached() {
     }
     assert_eq!(loads.load(Ordering::SeqCst), 3);
     assert_eq!(fleet.stats().loads, 3);
-    server.assert_no_flight_left(Duration::from_millis(1000));
+    server.assert_no_flight_left(Duration::from_millis(1000 + 50));
 }
 
 #[tokio::test]
@@ -69,7 +69,7 @@ async fn payload_at_the_value_key_is_a_miss(payload: Vec<u8>) {
         .unwrap();
     let token = "1-fake";
     let _: () = redis::cmd("SET")
-        .arg("oneflight:{t:k}:lease")
+        .arg("oneflight:{1:t1:k}:lease")
         .arg(token)
         .arg("PX")
         .arg(5000)
@@ -86,13 +86,13 @@ async fn payload_at_the_value_key_is_a_miss(payload: Vec<u8>) {
         "the fleet must wait on the fake holder"
     );
     let _: () = redis::cmd("SET")
-        .arg(format!("oneflight:{{t:k}}:value:{token}"))
+        .arg(format!("oneflight:{{1:t1:k}}:value:{token}"))
         .arg(payload)
         .query_async(&mut raw)
         .await
         .unwrap();
     let _: () = redis::cmd("DEL")
-        .arg("oneflight:{t:k}:lease")
+        .arg("oneflight:{1:t1:k}:lease")
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -116,8 +116,8 @@ async fn garbage_at_the_value_key_is_a_miss() {
 
 #[tokio::test]
 async fn an_old_envelope_version_is_a_miss() {
-    // Version 0 of the envelope, otherwise well formed: header, then postcard (token, value).
-    let mut payload = vec![b'o', b'f', 0, b'p', 6];
+    // Version 1 of the envelope, otherwise well formed: header, then postcard (token, value).
+    let mut payload = vec![b'o', b'f', 1, b'p', 6];
     payload.extend_from_slice(b"1-fake");
     payload.extend_from_slice(&[2, b'o', b'k']);
     payload_at_the_value_key_is_a_miss(payload).await;
@@ -134,7 +134,7 @@ async fn fencing_numbers_grow_with_each_fenced_flight_and_only_those_take_one() 
         .unwrap();
     let mut fence_key_exists = async |key: &str| -> bool {
         redis::cmd("EXISTS")
-            .arg(format!("oneflight:{{t:{key}}}:fence"))
+            .arg(format!("oneflight:{{1:t{}:{key}}}:fence", key.len()))
             .query_async(&mut connection)
             .await
             .unwrap()
@@ -192,35 +192,185 @@ async fn without_redis_work_degrades_to_in_process_deduplication() {
         "in-process deduplication still holds"
     );
     let stats = fleet.stats();
-    assert_eq!(
-        (stats.loads, stats.fallbacks, stats.redis_errors),
-        (1, 1, 1),
-        "{stats:?}"
-    );
+    assert_eq!((stats.loads, stats.fallbacks), (1, 1), "{stats:?}");
+    // The acquire, and maybe the subscriber's first attempt.
+    assert!((1..=2).contains(&stats.disconnects), "{stats:?}");
     assert!(format!("{fleet:?}").starts_with("Fleet"));
 }
 
+/// A user's own error type, with no `From<FleetError>` (nor `Debug` or `Display`).
+struct AppError(&'static str);
+
 #[tokio::test]
-async fn without_redis_try_work_fails_when_so_configured() {
-    let fleet: Fleet<String> = Fleet::builder(unreachable_redis(), "t")
-        .on_redis_error(OnRedisError::Fail)
-        .build();
+async fn try_work_takes_any_error_type_and_try_work_or_fail_reports_redis_trouble() {
+    let fleet: Fleet<String> = Fleet::builder(unreachable_redis(), "t").build();
     let error = fleet
-        .try_work("k", async { Ok::<_, std::io::Error>("v".to_owned()) })
+        .try_work("k", async { Err::<String, _>(AppError("mine")) })
         .await
-        .unwrap_err();
+        .err()
+        .unwrap();
+    assert_eq!(error.0, "mine");
+    // Redis is down: `try_work` degrades and loads ...
+    let value = fleet
+        .try_work("k", async { Ok::<_, AppError>("v".to_owned()) })
+        .await;
+    assert_eq!(value.ok().unwrap(), "v");
+    // ... `try_work_or_fail` does not load, and says what failed, where.
+    let loads = fleet.stats().loads;
+    let failed = fleet
+        .try_work_or_fail("k", async { Ok::<_, AppError>("v".to_owned()) })
+        .await;
+    let Err(WorkError::Redis(error)) = failed else {
+        panic!("expected a redis error")
+    };
     assert!(
-        error
-            .to_string()
-            .starts_with("redis unavailable for the fleet"),
+        matches!(
+            error.kind(),
+            FleetErrorKind::Disconnected | FleetErrorKind::Timeout
+        ),
         "{error}"
     );
-    // `work` cannot fail: it degrades whatever the setting.
+    assert!(error.address().starts_with("127.0.0.1:"), "{error}");
+    assert!(
+        error.to_string().starts_with("redis at 127.0.0.1:"),
+        "{error}"
+    );
+    assert!(std::error::Error::source(&error).is_some() || error.kind() == FleetErrorKind::Timeout);
+    assert_eq!(fleet.stats().loads, loads, "the load did not run");
+    // The load's own error is told apart from Redis trouble.
+    let server = server();
+    if let Some(server) = server {
+        let fleet: Fleet<String> = Fleet::new(server.client(), "t");
+        let failed = fleet
+            .try_work_or_fail("k", async { Err::<String, _>(AppError("load")) })
+            .await;
+        assert!(matches!(failed, Err(WorkError::Load(e)) if e.0 == "load"));
+    }
+    // `work` cannot fail: it degrades.
     assert_eq!(fleet.work("k", async { "w".to_owned() }).await, "w");
-    let boxed = fleet
-        .try_work("k", async { Ok::<_, FleetError>("v".to_owned()) })
+}
+
+#[tokio::test]
+async fn a_value_sealed_for_another_type_is_a_miss_not_a_wrong_value() {
+    let Some(server) = server() else { return };
+    let narrow: Fleet<u32> = Fleet::builder(server.client(), "types")
+        .poll_interval(Duration::from_millis(50))
+        .build();
+    let wide: Fleet<u64> = Fleet::builder(server.client(), "types")
+        .poll_interval(Duration::from_millis(50))
+        .build();
+    let (x, y) = tokio::join!(
+        narrow.work("k", async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            7
+        }),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            wide.work("k", async { 8 }).await
+        }
+    );
+    // The u64 fleet waited on the u32 flight, found a value of another type, and loaded.
+    assert_eq!((x, y), (7, 8));
+    assert_eq!(
+        (wide.stats().undecodable, wide.stats().received),
+        (1, 0),
+        "{:?}",
+        wide.stats()
+    );
+}
+
+#[tokio::test]
+async fn an_error_redis_answers_degrades_that_call_only_and_never_rests_the_process() {
+    let Some(server) = server() else { return };
+    let fleet = fleet(server.client());
+    // Another program wrote a hash where the fleet keeps key "bad"'s lease: every
+    // script on that key gets WRONGTYPE from Redis.
+    let _: () = redis::cmd("HSET")
+        .arg("oneflight:{1:t3:bad}:lease")
+        .arg("f")
+        .arg("v")
+        .query(&mut server.connection())
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            fleet.work("bad", async { "alone".to_owned() }).await,
+            "alone"
+        );
+    }
+    let failed = fleet
+        .try_work_or_fail("bad", async { Ok::<_, AppError>("x".to_owned()) })
         .await;
-    assert!(boxed.is_err());
+    let Err(WorkError::Redis(error)) = failed else {
+        panic!("expected a redis error")
+    };
+    assert_eq!(
+        (error.kind(), error.code()),
+        (FleetErrorKind::Answered, Some("WRONGTYPE"))
+    );
+    let stats = fleet.stats();
+    assert_eq!((stats.answered, stats.fallbacks), (4, 3), "{stats:?}");
+    // Other keys still go through Redis: no rest, no reconnect loop.
+    let other = fleet.clone();
+    let (a, b) = tokio::join!(
+        fleet.work("good", async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            "shared".to_owned()
+        }),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            other.work("good", async { "unused".to_owned() }).await
+        }
+    );
+    assert_eq!((a.as_str(), b.as_str()), ("shared", "shared"));
+    assert_eq!(fleet.stats().fallbacks, 3, "{:?}", fleet.stats());
+}
+
+#[tokio::test]
+async fn one_unanswered_command_fails_its_own_call_only() {
+    let Some(server) = server() else { return };
+    let build = || {
+        Fleet::<String>::builder(server.client(), "t")
+            .command_timeout(Duration::from_millis(100))
+            .retry_redis_after(Duration::from_secs(60))
+            .poll_interval(Duration::from_millis(50))
+            .build()
+    };
+    let (a, b) = (build(), build());
+    // Connect both first, so that the pause meets a live connection.
+    a.work("warm-a", async { String::new() }).await;
+    b.work("warm-b", async { String::new() }).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("ALL")
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(a.work("k1", async { "alone".to_owned() }).await, "alone");
+    assert_eq!(
+        (a.stats().fallbacks, a.stats().timeouts),
+        (1, 1),
+        "{:?}",
+        a.stats()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One timeout did not make `a` rest (for a minute): it waits on b's flight.
+    let (x, y) = tokio::join!(
+        b.work("k2", async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "from b".to_owned()
+        }),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            a.work("k2", async { "from a".to_owned() }).await
+        }
+    );
+    assert_eq!((x.as_str(), y.as_str()), ("from b", "from b"));
+    assert_eq!(
+        (a.stats().received, a.stats().fallbacks),
+        (1, 1),
+        "{:?}",
+        a.stats()
+    );
 }
 
 #[tokio::test]
@@ -264,16 +414,40 @@ async fn the_json_codec_works_end_to_end() {
 }
 
 #[test]
-fn smol_runtime_works_too() {
+fn smol_runtime_works_too_renewing_waiting_and_hearing_hints() {
     let Some(server) = server() else { return };
     smol::block_on(async {
-        let fleet = fleet(server.client());
-        assert_eq!(
-            fleet.work("k", async { "on smol".to_owned() }).await,
-            "on smol"
+        // A load of three leases: it stays the only one only if the lease is renewed.
+        let build = || {
+            Fleet::<String>::builder(server.client(), "smol")
+                .lease(Duration::from_millis(300))
+                .poll_interval(Duration::from_millis(250))
+                .build()
+        };
+        let (holder, waiter) = (build(), build());
+        // Warm the waiter's subscriber, so that it hears the end rather than polls.
+        waiter.work("warm", async { String::new() }).await;
+        smol::Timer::after(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let (x, y) = futures_util::join!(
+            holder.work("k", async {
+                smol::Timer::after(Duration::from_millis(900)).await;
+                "on smol".to_owned()
+            }),
+            async {
+                smol::Timer::after(Duration::from_millis(50)).await;
+                waiter.work("k", async { "not loaded".to_owned() }).await
+            }
         );
-        assert_eq!(fleet.stats().loads, 1);
-        assert_eq!(fleet.stats().fallbacks, 0);
+        assert_eq!((x.as_str(), y.as_str()), ("on smol", "on smol"));
+        let (h, w) = (holder.stats(), waiter.stats());
+        assert_eq!(
+            (h.loads, h.late_publishes, h.redis_errors),
+            (1, 0, 0),
+            "{h:?}"
+        );
+        assert_eq!((w.received, w.takeovers, w.fallbacks), (1, 0, 0), "{w:?}");
+        println!("smol: served in {:?}", started.elapsed());
     });
 }
 
@@ -296,6 +470,7 @@ async fn redis_round_trips_per_flight_two_for_the_holder_one_for_a_waiting_proce
     // Polls far apart: the waiter hears the end through pub/sub.
     let build = || {
         Fleet::<String>::builder(server.client(), "rt")
+            .lease(Duration::from_secs(20))
             .poll_interval(Duration::from_secs(10))
             .build()
     };

@@ -1,280 +1,24 @@
 //! Fleet behaviour with real OS processes: each test starts its own `redis-server` and
 //! re-executes this binary as replica processes (the `replica` test, with
-//! `ONEFLIGHT_REPLICA` set), which count their loads in a shared log file (not in Redis,
-//! which some tests stop). Every wait is bounded; counts are exact.
+//! `ONEFLIGHT_REPLICA` set; see `common/replica.rs`). Every wait is bounded; counts are
+//! exact.
 
 mod common;
 
+use common::replica::{LIMIT, ms_between, setup};
 use common::*;
-use oneflight_redis::Fleet;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The process tests measure times against leases: run them one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-// ---------------------------------------------------------------------------------------
-// The replica: what each re-executed process does.
-// ---------------------------------------------------------------------------------------
-
-/// Runs only in a re-executed process. Its settings come from the environment:
-/// `URL`, `DIR`, `KEYS`, `CALLERS` (per key), `LEASE_MS`, `POLL_MS`, `MAX_WAIT_MS`,
-/// `TIMEOUT_MS` (per Redis command), `RETRY_MS`, `FIRST_LOAD_MS` and `LOAD_MS` (how long
-/// the first load of a key in a phase takes, and any later one), `FIRST` (`panic` or
-/// `err`: what the first load does at its end), `CALLER_TIMEOUT_MS`, `PHASES`, `MODE`
-/// (`work` or `try`).
+/// Runs only in a re-executed process: see `common/replica.rs`.
 #[test]
 fn replica() {
-    if !is_replica() {
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run_replica());
-}
-
-#[derive(Default)]
-struct Tally {
-    served: u64,
-    wrong: u64,
-    panicked: u64,
-    errors: u64,
-    error_ptrs: BTreeSet<usize>,
-    timed_out: u64,
-    /// key → the distinct values its callers got.
-    values: BTreeMap<String, BTreeSet<String>>,
-    cancelled_at_ms: u128,
-    last_done_ms: u128,
-}
-
-async fn run_replica() {
-    let dir = PathBuf::from(env_str("DIR"));
-    let client = oneflight_redis::redis::Client::open(env_str("URL")).unwrap();
-    let ms = |name, default| Duration::from_millis(env_u64(name, default));
-    let fleet: Fleet<String> = Fleet::builder(client, "test")
-        .lease(ms("LEASE_MS", 5000))
-        .poll_interval(ms("POLL_MS", 250))
-        .max_wait(ms("MAX_WAIT_MS", 30_000))
-        .command_timeout(ms("TIMEOUT_MS", 1000))
-        .retry_redis_after(ms("RETRY_MS", 1000))
-        .build();
-    let keys = env_u64("KEYS", 1);
-    let callers = env_u64("CALLERS", 10);
-    let caller_timeout = env_u64("CALLER_TIMEOUT_MS", 0);
-    let try_mode = std::env::var("MODE").is_ok_and(|m| m == "try");
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    std::fs::write(dir.join(format!("ready-{}", std::process::id())), b"").unwrap();
-    for phase in 1..=env_u64("PHASES", 1) as u32 {
-        let gate = dir.join(if phase == 1 {
-            "go".to_owned()
-        } else {
-            format!("go{phase}")
-        });
-        // Bounded: a replica whose test died does not wait forever.
-        let deadline = std::time::Instant::now() + LIMIT * 2;
-        while !gate.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "replica: no {} within {:?}",
-                gate.display(),
-                LIMIT * 2
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let mut tasks = Vec::new();
-        for key in 0..keys {
-            for _ in 0..callers {
-                let (fleet, dir, tally) = (fleet.clone(), dir.clone(), tally.clone());
-                let key = format!("key{key}");
-                tasks.push(tokio::spawn(async move {
-                    let call = async {
-                        if try_mode {
-                            fleet
-                                .try_work(&key, load(dir.clone(), key.clone(), phase))
-                                .await
-                        } else {
-                            Ok(fleet
-                                .work(&key, async {
-                                    load(dir.clone(), key.clone(), phase).await.unwrap()
-                                })
-                                .await)
-                        }
-                    };
-                    let outcome = if caller_timeout > 0 {
-                        tokio::time::timeout(Duration::from_millis(caller_timeout), call).await
-                    } else {
-                        Ok(call.await)
-                    };
-                    let mut tally = tally.lock().unwrap();
-                    match outcome {
-                        Ok(Ok(value)) => {
-                            let right = value.starts_with(&format!("{key}/"))
-                                && value.ends_with(&format!("/{phase}"));
-                            if right {
-                                tally.served += 1
-                            } else {
-                                tally.wrong += 1
-                            }
-                            tally.values.entry(key).or_default().insert(value);
-                        }
-                        Ok(Err(error)) => {
-                            tally.errors += 1;
-                            tally.error_ptrs.insert(Arc::as_ptr(&error) as usize);
-                        }
-                        Err(_) => {
-                            tally.timed_out += 1;
-                            tally.cancelled_at_ms = now_ms();
-                        }
-                    }
-                    tally.last_done_ms = now_ms();
-                }));
-            }
-        }
-        for task in tasks {
-            if let Err(error) = task.await {
-                assert!(error.is_panic());
-                tally.lock().unwrap().panicked += 1;
-            }
-        }
-    }
-    // A server process lives on after its requests: give the fleet's spawned tasks (a
-    // released lease) the time they would have there.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let tally = tally.lock().unwrap();
-    let stats = fleet.stats();
-    let values: Vec<String> = tally
-        .values
-        .iter()
-        .map(|(k, v)| format!("{k}:{}", v.iter().cloned().collect::<Vec<_>>().join("+")))
-        .collect();
-    println!(
-        "report pid={} served={} wrong={} panicked={} errors={} distinct_errors={} timed_out={} \
-         cancelled_at_ms={} last_done_ms={} loads={} received={} takeovers={} fallbacks={} \
-         redis_errors={} late_publishes={} values={}",
-        std::process::id(),
-        tally.served,
-        tally.wrong,
-        tally.panicked,
-        tally.errors,
-        tally.error_ptrs.len(),
-        tally.timed_out,
-        tally.cancelled_at_ms,
-        tally.last_done_ms,
-        stats.loads,
-        stats.received,
-        stats.takeovers,
-        stats.fallbacks,
-        stats.redis_errors,
-        stats.late_publishes,
-        values.join(","),
-    );
-}
-
-/// The load: records itself, takes `FIRST_LOAD_MS` if it is the first load of the key in
-/// this phase (then does `FIRST`), else `LOAD_MS`. Its value names the key, the process
-/// and the phase.
-async fn load(dir: PathBuf, key: String, phase: u32) -> Result<String, std::io::Error> {
-    let first = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dir.join(format!("first-{phase}-{key}")))
-        .is_ok();
-    record_load(&dir, &key, phase);
-    let millis = if first {
-        env_u64("FIRST_LOAD_MS", 300)
-    } else {
-        env_u64("LOAD_MS", 300)
-    };
-    tokio::time::sleep(Duration::from_millis(millis)).await;
-    match std::env::var("FIRST").as_deref() {
-        Ok("panic") if first => panic!("the first load panicked, as the test asked"),
-        Ok("err") if first => {
-            return Err(std::io::Error::other(
-                "the first load failed, as the test asked",
-            ));
-        }
-        _ => {}
-    }
-    Ok(format!("{key}/{}/{phase}", std::process::id()))
-}
-
-// ---------------------------------------------------------------------------------------
-// The tests.
-// ---------------------------------------------------------------------------------------
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// A test's server, scratch directory and common replica settings.
-struct Setup {
-    server: Server,
-    scratch: Scratch,
-    env: Vec<(&'static str, String)>,
-}
-
-fn setup(name: &str, settings: &[(&'static str, &str)]) -> Option<Setup> {
-    let server = server()?;
-    let scratch = Scratch::new(name);
-    let mut env = vec![
-        ("URL", server.url()),
-        ("DIR", scratch.0.display().to_string()),
-    ];
-    env.extend(settings.iter().map(|(n, v)| (*n, v.to_string())));
-    Some(Setup {
-        server,
-        scratch,
-        env,
-    })
-}
-
-impl Setup {
-    fn start(&self, extra: &[(&'static str, &str)]) -> Replica {
-        let mut env = self.env.clone();
-        env.extend(extra.iter().map(|(n, v)| (*n, v.to_string())));
-        Replica::start("replica", &env)
-    }
-
-    fn wait_ready(&self, count: usize) {
-        wait_until("replicas ready", LIMIT, || {
-            std::fs::read_dir(&self.scratch.0)
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with("ready-")
-                })
-                .count()
-                >= count
-        });
-    }
-
-    fn wait_loads(&self, count: usize) {
-        wait_until(&format!("{count} loads"), LIMIT, || {
-            self.scratch.loads().len() >= count
-        });
-    }
-
-    /// Starts the holder alone and waits until its load runs, then starts `waiters`
-    /// replicas and gives them time to ask Redis and wait on its flight.
-    fn holder_then_waiters(
-        &self,
-        holder: &[(&'static str, &str)],
-        waiters: usize,
-    ) -> (Replica, Vec<Replica>) {
-        let holder = self.start(holder);
-        self.wait_ready(1);
-        self.scratch.go();
-        self.wait_loads(1);
-        let waiters: Vec<Replica> = (0..waiters).map(|_| self.start(&[])).collect();
-        self.wait_ready(1 + waiters.len());
-        std::thread::sleep(Duration::from_millis(300));
-        (holder, waiters)
+    if is_replica() {
+        common::replica::main();
     }
 }
 
@@ -319,7 +63,9 @@ fn healthy_burst_loads_each_key_once_in_the_fleet() {
         reports.iter().map(|r| r.num("received")).sum::<u64>(),
         3 * 8
     );
-    setup.server.assert_no_flight_left(Duration::from_secs(5));
+    setup
+        .server
+        .assert_no_flight_left(Duration::from_millis(5000 + 250));
 }
 
 #[test]
@@ -346,10 +92,10 @@ fn a_killed_holder_is_replaced_within_lease_and_one_poll() {
     let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     let loads = setup.scratch.loads();
     assert_eq!(loads.len(), 2, "{loads:?}");
-    let takeover_ms = loads[1].start_ms - killed_at;
+    let takeover_ms = ms_between(killed_at, loads[1].start_ms);
     println!("takeover after SIGKILL: {takeover_ms} ms (lease {lease} ms, poll {poll} ms)");
     assert!(
-        takeover_ms <= lease + poll + 200,
+        takeover_ms <= (lease + poll + 200) as i128,
         "takeover took {takeover_ms} ms"
     );
     for report in &reports {
@@ -360,13 +106,13 @@ fn a_killed_holder_is_replaced_within_lease_and_one_poll() {
         );
         assert_eq!(
             report.get("values"),
-            format!("key0:key0/{}/1", loads[1].pid)
+            format!("key0:key0/{}/1/0/", loads[1].pid)
         );
     }
     assert_eq!(reports.iter().map(|r| r.num("takeovers")).sum::<u64>(), 1);
     setup
         .server
-        .assert_no_flight_left(Duration::from_millis(lease as u64));
+        .assert_no_flight_left(Duration::from_millis((lease + poll) as u64));
 }
 
 #[test]
@@ -391,7 +137,7 @@ fn a_paused_holder_cannot_overwrite_the_flight_that_replaced_it() {
     let held = holder.finish(LIMIT);
     let loads = setup.scratch.loads();
     assert_eq!(loads.len(), 2, "{loads:?}");
-    let new_value = format!("key0:key0/{}/1", loads[1].pid);
+    let new_value = format!("key0:key0/{}/1/0/", loads[1].pid);
     for report in &reports {
         assert_eq!(
             (report.num("served"), report.get("values")),
@@ -403,11 +149,11 @@ fn a_paused_holder_cannot_overwrite_the_flight_that_replaced_it() {
     assert_eq!(held.num("late_publishes"), 1, "{held:?}");
     assert_eq!(
         (held.num("served"), held.get("values")),
-        (50, format!("key0:key0/{}/1", held.num("pid")).as_str())
+        (50, format!("key0:key0/{}/1/0/", held.num("pid")).as_str())
     );
     setup
         .server
-        .assert_no_flight_left(Duration::from_millis(1000));
+        .assert_no_flight_left(Duration::from_millis(1000 + 100));
 }
 
 #[test]
@@ -436,7 +182,7 @@ fn a_holder_whose_callers_all_left_releases_its_lease_at_once() {
     let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
     let loads = setup.scratch.loads();
     assert_eq!(loads.len(), 2, "{loads:?}");
-    let takeover_ms = loads[1].start_ms - u128::from(held.num("cancelled_at_ms"));
+    let takeover_ms = ms_between(u128::from(held.num("cancelled_at_ms")), loads[1].start_ms);
     println!(
         "takeover after the holder's callers left: {takeover_ms} ms (lease {lease} ms, poll 2000 ms)"
     );
@@ -453,7 +199,7 @@ fn a_holder_whose_callers_all_left_releases_its_lease_at_once() {
     }
     setup
         .server
-        .assert_no_flight_left(Duration::from_millis(lease as u64));
+        .assert_no_flight_left(Duration::from_millis(lease as u64 + 2000));
 }
 
 /// The holder's first load ends without a value to share (`first` is `panic` or `err`,
@@ -493,17 +239,17 @@ fn an_abandoned_flight_is_taken_over(
         assert_eq!(seen, (20, 0, 0), "{report:?}");
         assert_eq!(
             report.get("values"),
-            format!("key0:key0/{}/1", loads[1].pid)
+            format!("key0:key0/{}/1/0/", loads[1].pid)
         );
     }
-    let takeover_ms = loads[1].start_ms - loads[0].start_ms;
+    let takeover_ms = ms_between(loads[0].start_ms, loads[1].start_ms);
     assert!(
         takeover_ms < 1500,
         "the holder's lease was not released promptly: {takeover_ms} ms"
     );
     setup
         .server
-        .assert_no_flight_left(Duration::from_millis(5000));
+        .assert_no_flight_left(Duration::from_millis(5000 + 2000));
 }
 
 #[test]
@@ -551,13 +297,11 @@ fn redis_away_mid_flight(name: &str, how: impl FnOnce(&mut Server)) {
     };
     let (mut holder, waiters) = setup.holder_then_waiters(&[], 3);
     how(&mut setup.server);
-    // Phase 1 ends in every process; then, Redis back, phase 2.
-    wait_until("phase 1 to end", LIMIT, || {
-        let loads = setup.scratch.loads();
-        loads.iter().filter(|l| l.phase == 1).count() == 4
-    });
-    std::thread::sleep(Duration::from_millis(1600)); // the slowest phase-1 load ends
-    std::fs::write(setup.scratch.0.join("go2"), b"").unwrap();
+    // Phase 1 ends in every process; then, Redis back, phase 2 at once: a lease that
+    // nobody holds (an acquire that ran when Redis resumed) would make it wait.
+    setup.wait_phase_done(1, 4);
+    let go2 = now_ms();
+    setup.go_phase(2);
     let mut reports = vec![holder.finish(LIMIT)];
     reports.extend(waiters.into_iter().map(|mut r| r.finish(LIMIT)));
     let loads = setup.scratch.loads();
@@ -570,8 +314,13 @@ fn redis_away_mid_flight(name: &str, how: impl FnOnce(&mut Server)) {
         4,
         "{loads:?}"
     );
-    // Redis back: one load in the fleet again.
+    // Redis back: one load in the fleet again, at once.
     assert_eq!(phase2.len(), 1, "{loads:?}");
+    let waited = ms_between(go2, phase2[0].start_ms);
+    assert!(
+        waited < 700,
+        "phase 2 waited {waited} ms for its lease (lease 1000 ms)"
+    );
     for report in &reports {
         assert_eq!(
             (
@@ -591,7 +340,7 @@ fn redis_away_mid_flight(name: &str, how: impl FnOnce(&mut Server)) {
     );
     setup
         .server
-        .assert_no_flight_left(Duration::from_millis(1000));
+        .assert_no_flight_left(Duration::from_millis(1000 + 100));
 }
 
 #[test]
@@ -650,12 +399,14 @@ fn waiters_finish_by_polling_when_pubsub_is_killed() {
             (20, 0),
             "{report:?}"
         );
-        let late = u128::from(report.num("last_done_ms")) - published_ms;
+        let late = ms_between(published_ms, u128::from(report.num("last_done_ms")));
         println!("waiter done {late} ms after the publish (poll {poll} ms)");
         assert!(
-            late <= poll + 300,
+            late <= (poll + 300) as i128,
             "a waiter finished {late} ms after the publish"
         );
     }
-    setup.server.assert_no_flight_left(Duration::from_secs(5));
+    setup
+        .server
+        .assert_no_flight_left(Duration::from_millis(5000 + 300));
 }

@@ -2,6 +2,8 @@
 //! free loopback port, and the replica processes (this test binary, re-executed).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod replica;
+
 use redis_test::server::RedisServer;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -104,7 +106,8 @@ impl Server {
     }
 
     /// Asserts that no flight is left: no lease, and every other fleet key expires
-    /// within `within` (values are kept one lease for late pollers; fence numbers a day).
+    /// within `within` (values are kept one lease and one poll interval for late pollers;
+    /// fence numbers a day).
     pub fn assert_no_flight_left(&self, within: Duration) {
         for (key, ttl) in self.fleet_keys() {
             assert!(!key.ends_with(":lease"), "a lease was left in Redis: {key}");
@@ -179,7 +182,7 @@ impl Scratch {
         Scratch(dir)
     }
 
-    /// The loads recorded so far: one line each, `key pid first? start_ms`.
+    /// The loads recorded so far: one line each, `label pid phase start_ms fence`.
     pub fn loads(&self) -> Vec<Load> {
         match std::fs::read_to_string(self.0.join("loads.log")) {
             Ok(text) => text.lines().map(Load::parse).collect(),
@@ -204,6 +207,8 @@ pub struct Load {
     pub pid: u32,
     pub phase: u32,
     pub start_ms: u128,
+    /// The flight's fencing number, 0 for an unfenced flight.
+    pub fence: u64,
 }
 
 impl Load {
@@ -214,19 +219,24 @@ impl Load {
             pid: f[1].parse().unwrap(),
             phase: f[2].parse().unwrap(),
             start_ms: f[3].parse().unwrap(),
+            fence: f[4].parse().unwrap(),
         }
     }
 }
 
 /// Appends one load to the log (one small `O_APPEND` write, atomic between processes).
-pub fn record_load(dir: &Path, key: &str, phase: u32) {
+pub fn record_load(dir: &Path, key: &str, phase: u32, fence: u64) {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("loads.log"))
         .unwrap();
-    file.write_all(format!("{key} {} {phase} {}\n", std::process::id(), now_ms()).as_bytes())
-        .unwrap();
+    let line = format!(
+        "{key} {} {phase} {} {fence}\n",
+        std::process::id(),
+        now_ms()
+    );
+    file.write_all(line.as_bytes()).unwrap();
 }
 
 /// A replica: this test binary re-executed to run only `test_name` with `env`. Killed on
