@@ -6,8 +6,11 @@
 //! publish's reply was lost (it may not have taken effect), and when an acquire's reply
 //! was lost or its caller cancelled while it was in flight (it may have taken the lease).
 //! The janitor releases each by nonce (compare-and-delete: a no-op when the lease is
-//! not, or no longer, that one), retrying while Redis does not answer, until the lease
-//! would have expired anyway.
+//! not, or no longer, that one) and voids the nonce, so that an acquire with it that
+//! Redis runs late (queued while Redis stalled) takes nothing. It retries while Redis
+//! does not answer: however long Redis stalls, the lease such a late acquire takes is
+//! released, or never taken, right when Redis resumes. (At most [`MAX_PENDING`]
+//! releases wait; past that, the oldest is dropped and its lease, if any, expires.)
 //!
 //! A thread, because the case that matters most is a runtime shutting down with loads in
 //! flight (every rolling deploy): its tasks are dropped unrun, so a release spawned on it
@@ -26,6 +29,9 @@ use crate::store::{Names, Transport};
 
 /// How often a release that Redis did not answer is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// The most releases that wait for Redis to answer.
+const MAX_PENDING: usize = 10_000;
 
 /// The releases of one fleet.
 #[derive(Debug)]
@@ -54,8 +60,6 @@ struct Job {
     /// Whether a failure of this job was counted already: a release that Redis does not
     /// answer counts once in the stats, not once per retry.
     counted: bool,
-    /// When the lease would have expired anyway: the janitor gives up then.
-    until: Option<Instant>,
 }
 
 impl Janitor {
@@ -83,7 +87,6 @@ impl Janitor {
             names,
             nonce,
             counted: false,
-            until: Instant::now().checked_add(self.lease),
         };
         let mut worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
         let job = match &*worker {
@@ -100,10 +103,11 @@ impl Janitor {
             self.counters.clone(),
             self.health.clone(),
         );
+        let (lease, patience) = (self.lease, self.patience);
         let spawned = thread::Builder::new()
             .name("oneflight-redis-janitor".to_owned())
             .spawn(move || {
-                work(&*store, &counters, &health, &inbox);
+                work(&*store, lease, patience, &counters, &health, &inbox);
                 drop(done);
             });
         if spawned.is_ok() {
@@ -115,38 +119,44 @@ impl Janitor {
 }
 
 /// The thread: releases each job, retrying those that Redis did not answer, until its
-/// inbox is closed and nothing is pending.
-fn work(store: &dyn Transport, counters: &Counters, health: &Health, inbox: &mpsc::Receiver<Job>) {
+/// inbox is closed and nothing is pending, or `patience` after it was closed.
+fn work(
+    store: &dyn Transport,
+    lease: Duration,
+    patience: Duration,
+    counters: &Counters,
+    health: &Health,
+    inbox: &mpsc::Receiver<Job>,
+) {
     let mut pending: Vec<Job> = Vec::new();
-    let mut open = true;
-    while open || !pending.is_empty() {
+    let mut closed_at: Option<Instant> = None;
+    while closed_at.is_none_or(|at| !pending.is_empty() && at.elapsed() < patience) {
         let next = if pending.is_empty() {
             inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else if closed_at.is_some() {
+            std::thread::sleep(RETRY_EVERY);
+            Err(RecvTimeoutError::Timeout)
         } else {
             inbox.recv_timeout(RETRY_EVERY)
         };
         match next {
             Ok(job) => pending.push(job),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => open = false,
+            Err(RecvTimeoutError::Disconnected) => {
+                closed_at.get_or_insert_with(Instant::now);
+            }
         }
         pending.extend(inbox.try_iter());
-        let now = Instant::now();
-        pending.retain_mut(|job| {
-            if job.until.is_some_and(|until| now >= until) {
-                return false; // expired by now: nothing left to release
-            }
-            match store.release(&job.names, &job.nonce) {
-                Ok(_) => {
-                    health.answered();
-                    false
+        if pending.len() > MAX_PENDING {
+            pending.drain(..pending.len() - MAX_PENDING);
+        }
+        pending.retain_mut(|job| match store.release(&job.names, &job.nonce, lease) {
+            Ok(_) => false,
+            Err(error) => {
+                if !std::mem::replace(&mut job.counted, true) {
+                    health.noted(&error, counters);
                 }
-                Err(error) => {
-                    if !std::mem::replace(&mut job.counted, true) {
-                        health.noted(&error, counters);
-                    }
-                    error.kind().is_unreachable()
-                }
+                error.kind().is_unreachable()
             }
         });
     }

@@ -68,6 +68,8 @@ struct State {
     rejected: u64,
     /// Leases that ran out while still in the map: nobody published or released them.
     expired: u64,
+    /// Nonces released: an acquire with one takes no lease.
+    voided: std::collections::HashSet<String>,
 }
 
 impl Memory {
@@ -154,6 +156,8 @@ impl Transport for Memory {
                         state.leases.remove(&names.lease());
                     }
                     Acquired::Wait(holder)
+                } else if state.voided.contains(nonce) {
+                    return Err(Self::error());
                 } else {
                     let mut token = nonce.to_owned();
                     if fenced {
@@ -230,11 +234,12 @@ impl Transport for Memory {
         })
     }
 
-    fn release(&self, names: &Names, nonce: &str) -> Result<bool, FleetError> {
+    fn release(&self, names: &Names, nonce: &str, _lease: Duration) -> Result<bool, FleetError> {
         if self.roll(self.faults.janitor_errors) {
             return Err(Self::error());
         }
         let mut state = self.state.lock().unwrap();
+        state.voided.insert(nonce.to_owned());
         Self::expire(&mut state, names);
         let ours = Self::lease_of(&state, names).is_some_and(|token| nonce_of(token) == nonce);
         if ours {

@@ -12,7 +12,9 @@
 //! - `oneflight:TAG:value:TOKEN`: the value published by the flight `TOKEN`, kept one
 //!   lease plus one poll interval so that polling waiters find it, then gone;
 //! - `oneflight:TAG:fence`: the last fencing number handed out for the key, kept for a
-//!   day; only keys loaded with `work_fenced` have one (see [`ACQUIRE`]).
+//!   day; only keys loaded with `work_fenced` have one (see [`ACQUIRE`]);
+//! - `oneflight:TAG:void:NONCE`: a nonce whose lease was released, kept one lease, so
+//!   that an acquire with it that runs late takes nothing (see [`RELEASE`]).
 //!
 //! Ends of flights (published or released) are announced on the namespace's channel
 //! `oneflight:<bytes in ns>:<ns>:done` as `TOKEN TAG_LEN:TAG[ PAYLOAD]`: a hint only.
@@ -39,17 +41,22 @@ use crate::{FleetError, FleetErrorKind};
 /// A value larger than `ARGV[6]` bytes is not returned inline: the reply says its size,
 /// and the waiter fetches it on the connection for large transfers.
 ///
+/// A nonce that [`RELEASE`] has voided takes no lease: an acquire whose caller gave up
+/// (its reply lost to a timeout) may still run later, when a stalled Redis resumes, and
+/// possibly after the release that was meant for it.
+///
 /// A fenced flight's token starts with its fencing number, which grows with each fenced
 /// flight of a key: the larger of the last one plus one and the server's clock in
 /// microseconds, so that it keeps growing even after the fence key expired (a day after
 /// the key's last fenced flight). An unfenced flight's token is the nonce alone: it
 /// neither reads nor writes the fence key, so callers who do not fence pay for neither.
 ///
-/// KEYS: lease, fence, value of the waited flight (or any key when `ARGV[3]` is empty).
+/// KEYS: lease, fence, value of the waited flight (or any key when `ARGV[3]` is empty),
+/// the nonce's void mark.
 /// ARGV: lease ms, the caller's nonce, waited token or "", fence memory ms, '1' for a
 /// fenced flight, the largest value returned inline.
-/// Returns `{"value", payload}`, `{"large", size}`, `{"wait", holder's token}` or
-/// `{"hold", our token}`.
+/// Returns `{"value", payload}`, `{"large", size}`, `{"wait", holder's token}`,
+/// `{"hold", our token}` or `{"void", ""}`.
 pub const ACQUIRE: &str = r"
 if ARGV[3] ~= '' then
   local size = redis.call('STRLEN', KEYS[3])
@@ -58,6 +65,7 @@ if ARGV[3] ~= '' then
 end
 local holder = redis.call('GET', KEYS[1])
 if holder then return {'wait', holder} end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'void', ''} end
 local token = ARGV[2]
 if ARGV[5] == '1' then
   local time = redis.call('TIME')
@@ -105,9 +113,13 @@ return 1
 /// wakes the waiters so that one takes over now. By nonce, not token: a caller whose
 /// acquire reply was lost knows its nonce but not the fencing number in its token.
 ///
-/// KEYS: lease. ARGV: nonce, channel, the flight's `TAG_LEN:TAG`. Returns 1 when
-/// released, 0 when not ours.
+/// It also voids the nonce for a lease: an acquire with this nonce that Redis has not run
+/// yet (queued while Redis stalled) will take no lease when it runs ([`ACQUIRE`]).
+///
+/// KEYS: lease, the nonce's void mark. ARGV: nonce, channel, the flight's `TAG_LEN:TAG`,
+/// lease ms. Returns 1 when released, 0 when not ours.
 const RELEASE: &str = r"
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
 local holder = redis.call('GET', KEYS[1])
 if not holder then return 0 end
 if holder ~= ARGV[1] and string.sub(holder, -(#ARGV[1] + 1)) ~= '-' .. ARGV[1] then return 0 end
@@ -173,6 +185,9 @@ impl Names {
     pub(crate) fn value(&self, token: &str) -> String {
         format!("oneflight:{}:value:{token}", self.tag)
     }
+    pub(crate) fn void(&self, nonce: &str) -> String {
+        format!("oneflight:{}:void:{nonce}", self.tag)
+    }
     /// The flight's tag, as announcements name it.
     pub(crate) fn tag(&self) -> &str {
         &self.tag
@@ -235,10 +250,10 @@ pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
         token: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, FleetError>>;
-    /// Gives up the lease taken with `nonce` and wakes its waiters. Blocks the calling
-    /// thread (the janitor's): it works without a runtime, so that leases are released
-    /// while a runtime shuts down.
-    fn release(&self, names: &Names, nonce: &str) -> Result<bool, FleetError>;
+    /// Gives up the lease taken with `nonce` and wakes its waiters; voids the nonce for
+    /// `lease`. Blocks the calling thread (the janitor's): it works without a runtime, so
+    /// that leases are released while a runtime shuts down.
+    fn release(&self, names: &Names, nonce: &str, lease: Duration) -> Result<bool, FleetError>;
     /// The server's address, for errors.
     fn address(&self) -> &str;
 }
@@ -426,6 +441,8 @@ impl Store {
             b"wait" => Reply::Done(Acquired::Wait(text())),
             b"hold" => Reply::Done(Acquired::Hold(text())),
             b"large" => Reply::Large(text().parse().map_err(|_| unexpected())?),
+            // Only an acquire whose caller is gone meets its nonce voided.
+            b"void" => return Err(unexpected()),
             _ => return Err(unexpected()),
         })
     }
@@ -484,7 +501,9 @@ impl Transport for Store {
             let mut waited = waited.unwrap_or("");
             loop {
                 let mut call = self.scripts.acquire.key(names.lease());
-                call.key(names.fence()).key(names.value(waited));
+                call.key(names.fence())
+                    .key(names.value(waited))
+                    .key(names.void(nonce));
                 call.arg(millis(lease))
                     .arg(nonce)
                     .arg(waited)
@@ -553,7 +572,7 @@ impl Transport for Store {
         })
     }
 
-    fn release(&self, names: &Names, nonce: &str) -> Result<bool, FleetError> {
+    fn release(&self, names: &Names, nonce: &str, lease: Duration) -> Result<bool, FleetError> {
         let fail = |error| FleetError::from_redis(&self.address, "release", error);
         let mut blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
         if blocking.is_none() {
@@ -574,9 +593,11 @@ impl Transport for Store {
             .scripts
             .release
             .key(names.lease())
+            .key(names.void(nonce))
             .arg(nonce)
             .arg(&self.channel)
             .arg(names.announced())
+            .arg(millis(lease))
             .invoke(connection)
             .map_err(fail);
         if released.as_ref().is_err_and(|e| e.kind().is_unreachable()) {

@@ -106,12 +106,12 @@ impl Server {
     }
 
     /// Asserts that no flight is left: no lease, and every other fleet key expires
-    /// within `within` (values are kept one lease and one poll interval for late pollers;
-    /// fence numbers a day).
+    /// within `within` (values are kept one lease and one poll interval for late pollers,
+    /// void marks of released nonces one lease; fence numbers a day).
     pub fn assert_no_flight_left(&self, within: Duration) {
         for (key, ttl) in self.fleet_keys() {
             assert!(!key.ends_with(":lease"), "a lease was left in Redis: {key}");
-            if key.contains(":value:") {
+            if key.contains(":value:") || key.contains(":void:") {
                 assert!(
                     ttl > 0 && ttl as u128 <= within.as_millis(),
                     "{key} lives {ttl} ms"
