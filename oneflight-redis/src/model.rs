@@ -54,6 +54,32 @@ struct Memory {
     state: Mutex<State>,
     faults: Faults,
     seed: AtomicU64,
+    /// Acquires whose caller went away (cancelled, or timed out) before they took
+    /// effect, as commands queued in a stalled Redis: they still run, later, at a random
+    /// point among the next commands, possibly after the janitor's release meant for them.
+    late: Mutex<Vec<LateAcquire>>,
+}
+
+#[derive(Debug)]
+struct LateAcquire {
+    names: Names,
+    nonce: String,
+    lease: Duration,
+    fenced: bool,
+}
+
+/// Queues its acquire as late unless disarmed by the acquire taking effect in time.
+struct Late<'a> {
+    memory: &'a Memory,
+    acquire: Option<LateAcquire>,
+}
+
+impl Drop for Late<'_> {
+    fn drop(&mut self) {
+        if let Some(acquire) = self.acquire.take() {
+            self.memory.late.lock().unwrap().push(acquire);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -85,13 +111,25 @@ impl Memory {
         FleetError::other(FleetErrorKind::Timeout, "memory", "model", "injected fault")
     }
 
-    /// Before a command's effect: maybe slow, maybe failing.
+    /// Before a command's effect: maybe slow, maybe failing, maybe timing out while the
+    /// command stays queued (it then runs late, see [`Memory::late`]).
     async fn before(&self) -> Result<(), FleetError> {
         self.pause().await;
-        if self.roll(self.faults.errors) {
+        if self.roll(500) {
+            self.run_late();
+        }
+        if self.roll(self.faults.errors) || self.roll(self.faults.lost_replies / 2) {
             return Err(Self::error());
         }
         Ok(())
+    }
+
+    /// Runs the acquires that were left queued.
+    fn run_late(&self) {
+        let late = std::mem::take(&mut *self.late.lock().unwrap());
+        for a in late {
+            let _ = self.take_or_wait(&a.names, None, &a.nonce, a.lease, a.fenced);
+        }
     }
 
     /// After a command's effect: maybe slow, maybe losing the reply.
@@ -119,6 +157,43 @@ impl Memory {
             .map(|(token, _)| token)
     }
 
+    /// The acquire script's effect.
+    fn take_or_wait(
+        &self,
+        names: &Names,
+        waited: Option<&str>,
+        nonce: &str,
+        lease: Duration,
+        fenced: bool,
+    ) -> Result<Acquired, FleetError> {
+        let mut state = self.state.lock().unwrap();
+        Self::expire(&mut state, names);
+        let value = waited.and_then(|waited| state.values.get(&names.value(waited)));
+        if let Some((payload, _)) = value.filter(|(_, until)| Instant::now() < *until) {
+            return Ok(Acquired::Value(payload.clone()));
+        }
+        if let Some(holder) = Self::lease_of(&state, names) {
+            let holder = holder.clone();
+            if self.roll(self.faults.lost_leases) {
+                state.leases.remove(&names.lease());
+            }
+            return Ok(Acquired::Wait(holder));
+        }
+        if state.voided.contains(nonce) {
+            return Err(Self::error());
+        }
+        let mut token = nonce.to_owned();
+        if fenced {
+            let fence = state.fences.entry(names.fence()).or_insert(0);
+            *fence += 1;
+            token = format!("{fence}-{token}");
+        }
+        state
+            .leases
+            .insert(names.lease(), (token.clone(), Instant::now() + lease));
+        Ok(Acquired::Hold(token))
+    }
+
     /// Takes an expired lease out of the map, counting it.
     fn expire(state: &mut State, names: &Names) {
         let lease = names.lease();
@@ -143,34 +218,18 @@ impl Transport for Memory {
         fenced: bool,
     ) -> BoxFuture<'a, Result<Acquired, FleetError>> {
         Box::pin(async move {
-            self.before().await?;
-            let reply = {
-                let mut state = self.state.lock().unwrap();
-                Self::expire(&mut state, names);
-                let value = waited.and_then(|waited| state.values.get(&names.value(waited)));
-                if let Some((payload, _)) = value.filter(|(_, until)| Instant::now() < *until) {
-                    Acquired::Value(payload.clone())
-                } else if let Some(holder) = Self::lease_of(&state, names) {
-                    let holder = holder.clone();
-                    if self.roll(self.faults.lost_leases) {
-                        state.leases.remove(&names.lease());
-                    }
-                    Acquired::Wait(holder)
-                } else if state.voided.contains(nonce) {
-                    return Err(Self::error());
-                } else {
-                    let mut token = nonce.to_owned();
-                    if fenced {
-                        let fence = state.fences.entry(names.fence()).or_insert(0);
-                        *fence += 1;
-                        token = format!("{fence}-{token}");
-                    }
-                    state
-                        .leases
-                        .insert(names.lease(), (token.clone(), Instant::now() + lease));
-                    Acquired::Hold(token)
-                }
+            let mut late = Late {
+                memory: self,
+                acquire: Some(LateAcquire {
+                    names: names.clone(),
+                    nonce: nonce.to_owned(),
+                    lease,
+                    fenced,
+                }),
             };
+            self.before().await?;
+            late.acquire = None;
+            let reply = self.take_or_wait(names, waited, nonce, lease, fenced)?;
             self.after(reply).await
         })
     }
@@ -238,6 +297,11 @@ impl Transport for Memory {
         if self.roll(self.faults.janitor_errors) {
             return Err(Self::error());
         }
+        // Late acquires run before or after this release, as Redis may order them.
+        let late_first = self.roll(500);
+        if late_first {
+            self.run_late();
+        }
         let mut state = self.state.lock().unwrap();
         state.voided.insert(nonce.to_owned());
         Self::expire(&mut state, names);
@@ -246,6 +310,9 @@ impl Transport for Memory {
             state.leases.remove(&names.lease());
         }
         drop(state);
+        if !late_first {
+            self.run_late();
+        }
         if self.roll(self.faults.lost_replies) {
             return Err(Self::error());
         }
@@ -299,6 +366,7 @@ fn run(seed: u64, faults: Faults) {
         state: Mutex::default(),
         faults,
         seed: AtomicU64::new(seed),
+        late: Mutex::default(),
     });
     let healthy = faults.errors == 0 && faults.lost_leases == 0 && faults.lost_replies == 0;
     // Without lost leases and janitor errors, every lease ends published or released.
@@ -382,9 +450,11 @@ fn run(seed: u64, faults: Faults) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         seen
     });
-    // Dropping the fleets waits for their janitors' pending releases.
+    // Dropping the fleets waits for their janitors' pending releases; then every acquire
+    // still queued runs, as it would once Redis resumed.
     drop(fleets);
     drop(runtime);
+    memory.run_late();
     let loads = loads.lock().unwrap();
     let state = memory.state.lock().unwrap();
     if no_lease_may_expire {
