@@ -224,7 +224,8 @@ mod tests {
     #[test]
     fn settings_that_cannot_work_are_rejected_naming_the_setting() {
         let ms = Duration::from_millis;
-        let cases: [(&str, Box<dyn FnOnce(FleetBuilder<u8>) -> FleetBuilder<u8>>); 6] = [
+        type Configure = Box<dyn FnOnce(FleetBuilder<u8>) -> FleetBuilder<u8>>;
+        let cases: [(&str, Configure); 6] = [
             ("`lease`", Box::new(move |b| b.lease(ms(5)))),
             (
                 "`poll_interval`",

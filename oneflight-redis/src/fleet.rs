@@ -132,6 +132,11 @@ impl<V> Fleet<V> {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
     /// The counters since this fleet was created, shared by its clones.
     ///
     /// ```

@@ -335,3 +335,93 @@ impl Drop for Release {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Fleet;
+    use futures_util::future::BoxFuture;
+    use std::sync::{Mutex, OnceLock};
+
+    /// Answers every acquire with "wait on T1"; the first one also announces T1's end,
+    /// with its value, while it is in flight, before its reply.
+    #[derive(Debug, Default)]
+    struct AnnouncesDuringAcquire {
+        notifier: OnceLock<Arc<Notifier>>,
+        acquires: Mutex<u32>,
+    }
+
+    impl Transport for AnnouncesDuringAcquire {
+        fn acquire<'a>(
+            &'a self,
+            names: &'a Names,
+            _waited: Option<&'a str>,
+            _nonce: &'a str,
+            _lease: Duration,
+            _fenced: bool,
+        ) -> BoxFuture<'a, Result<Acquired, FleetError>> {
+            Box::pin(async move {
+                let mut acquires = self.acquires.lock().unwrap();
+                *acquires += 1;
+                if *acquires == 1 {
+                    let payload = crate::Codec::Postcard
+                        .seal("T1", &"heard".to_owned())
+                        .unwrap();
+                    let mut message =
+                        format!("T1 {}:{} ", names.tag().len(), names.tag()).into_bytes();
+                    message.extend(payload);
+                    self.notifier.get().unwrap().wake(&message);
+                }
+                Ok(Acquired::Wait("T1".to_owned()))
+            })
+        }
+        fn publish<'a>(
+            &'a self,
+            _: &'a Names,
+            _: &'a str,
+            _: Vec<u8>,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<bool, FleetError>> {
+            unreachable!("the waiter never holds")
+        }
+        fn renew<'a>(
+            &'a self,
+            _: &'a Names,
+            _: &'a str,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<bool, FleetError>> {
+            unreachable!("the waiter never holds")
+        }
+        fn release(&self, _: &Names, _: &str, _: Duration) -> Result<bool, FleetError> {
+            Ok(false)
+        }
+        fn address(&self) -> &str {
+            "test"
+        }
+    }
+
+    #[tokio::test]
+    async fn an_end_announced_before_the_first_acquire_replies_is_heard() {
+        let transport = Arc::new(AnnouncesDuringAcquire::default());
+        let config = Config {
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(30),
+            ..Config::default()
+        };
+        let nowhere = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let fleet: Fleet<String> = Fleet::with_transport(transport.clone(), nowhere, "n", config);
+        transport
+            .notifier
+            .set(fleet.link().notifier.clone())
+            .unwrap();
+        // Heard at once: no poll (30 s) in between.
+        let value = tokio::time::timeout(
+            Duration::from_secs(5),
+            fleet.work("k", async { "loaded".to_owned() }),
+        )
+        .await
+        .expect("the waiter heard the end announced during its first acquire");
+        assert_eq!(value, "heard");
+        assert_eq!(*transport.acquires.lock().unwrap(), 1);
+    }
+}

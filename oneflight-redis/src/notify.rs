@@ -118,7 +118,7 @@ impl Notifier {
     }
 
     /// Handles an announcement.
-    fn wake(&self, message: &[u8]) {
+    pub(crate) fn wake(&self, message: &[u8]) {
         let Some((token, tag, payload)) = parse_announcement(message) else {
             return;
         };
@@ -210,17 +210,17 @@ async fn subscribe(notifier: Weak<Notifier>, _running: Running) {
             Ok::<_, redis::RedisError>(pubsub.split())
         };
         let subscribed = match runtime::timeout(command_timeout, connect).await {
-            Some(Ok(halves)) => Some(halves),
-            Some(Err(error)) => {
-                notifier.upgrade().map(|n| n.failed(error));
+            Some(Ok(halves)) => Ok(halves),
+            Some(Err(error)) => Err(error),
+            None => Err(timed_out("subscribe")),
+        };
+        let subscribed = match (subscribed, notifier.upgrade()) {
+            (Ok(halves), _) => Some(halves),
+            (Err(error), Some(notifier)) => {
+                notifier.failed(error);
                 None
             }
-            None => {
-                let timeout =
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "subscribe timed out");
-                notifier.upgrade().map(|n| n.failed(timeout.into()));
-                None
-            }
+            (Err(_), None) => return,
         };
         if let Some((mut sink, mut messages)) = subscribed {
             match notifier.upgrade() {
@@ -266,4 +266,9 @@ async fn subscribe(notifier: Weak<Notifier>, _running: Running) {
         }
         runtime::sleep(retry_after).await;
     }
+}
+
+/// A timeout of the subscriber's `what`, as the `redis` crate would report it.
+fn timed_out(what: &str) -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out")).into()
 }
