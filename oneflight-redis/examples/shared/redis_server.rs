@@ -1,5 +1,5 @@
-//! A `redis-server` of a program's own, on a free loopback port: for the fleet stampede
-//! and the fleet bench, included with `#[path]`.
+//! A `redis-server` of a program's own, on a free loopback port: for the fleet stampede,
+//! the fleet soak and the fleet bench, included with `#[path]`.
 
 use oneflight_redis::redis;
 use std::path::Path;
@@ -18,6 +18,11 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
+        Self::start_on(dir, port)
+    }
+
+    /// A server on `port`, as after a restart.
+    pub fn start_on(dir: &Path, port: u16) -> Result<RedisServer, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .current_dir(dir)
@@ -45,6 +50,16 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    #[allow(dead_code)] // not every program that includes this file needs these
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
