@@ -102,7 +102,7 @@ fn setup() -> Setup {
 /// floors, too, publish on channels nobody listens to).
 pub(crate) fn fleet(client: &redis::Client, namespace: &str) -> Fleet<u64> {
     Fleet::builder(client.clone(), namespace)
-        .lease(Duration::from_secs(1))
+        .lease(Duration::from_secs(10))
         .poll_interval(Duration::from_secs(5))
         .build()
 }

@@ -419,7 +419,7 @@ fn replica(args: &[String]) {
             let (paused_ms, loads) = (paused_ms.clone(), loads.clone());
             callers.push(tokio::spawn(async move {
                 let mut rng =
-                    Rng(Rng::seeded().0 ^ (caller as u64 + 1) * 0x9E37_79B9_7F4A_7C15 | 1);
+                    Rng(Rng::seeded().0 ^ ((caller as u64 + 1) * 0x9E37_79B9_7F4A_7C15) | 1);
                 while !dir.join("stop").exists() {
                     let n = rng.below(NAMESPACES.len() as u64) as usize;
                     let key = KEYS[rng.below(KEYS.len() as u64) as usize];

@@ -4,7 +4,7 @@
 //! group's runner talks to Redis (the methods of `Inner` below), so Redis sees one
 //! exchange per process per flight. That runner either:
 //!
-//! - **holds** the key: it took the lease, runs the load while a renewal loop keeps the
+//! - **holds** the key: it took the lease, runs the load while the keeper thread keeps the
 //!   lease alive, then publishes the value under its token (compare-and-set), or releases
 //!   the lease when it has no value to share (error, panic, cancellation: `Release`);
 //! - **waits** on another process's flight: it sleeps until a pub/sub hint or the poll
@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::builder::Config;
 use crate::flight::{Fencing, Link, Local, RedisFailed, Shared};
 use crate::health::Health;
-use crate::janitor::Janitor;
+use crate::keeper::Keeper;
 use crate::notify::Notifier;
 use crate::stats::Counters;
 use crate::store::{self, Store, Transport};
@@ -84,7 +84,12 @@ impl<V> Fleet<V> {
     }
 
     pub(crate) fn from_parts(client: redis::Client, namespace: &str, config: Config) -> Self {
-        let store = Store::new(client.clone(), namespace, config.command_timeout);
+        let store = Store::new(
+            client.clone(),
+            namespace,
+            config.command_timeout,
+            config.lease,
+        );
         Self::with_transport(Arc::new(store), client, namespace, config)
     }
 
@@ -111,7 +116,7 @@ impl<V> Fleet<V> {
             .command_timeout
             .saturating_mul(2)
             .min(Duration::from_secs(5));
-        let janitor = Janitor::new(
+        let keeper = Keeper::new(
             store.clone(),
             config.lease,
             patience,
@@ -123,7 +128,7 @@ impl<V> Fleet<V> {
             link: Arc::new(Link {
                 store,
                 notifier: Arc::new(notifier),
-                janitor: Arc::new(janitor),
+                keeper: Arc::new(keeper),
                 health,
                 counters,
                 config,
@@ -180,7 +185,7 @@ where
     ///
     /// Dropping the future is free for everyone else. A waiting caller simply stops
     /// waiting. If this process holds the key and its last local caller goes away, the
-    /// load is dropped and the lease released at once (by the fleet's janitor thread), so
+    /// load is dropped and the lease released at once (by the fleet's keeper thread), so
     /// that a waiting process takes over without waiting out the lease. A caller dropped
     /// while its acquire is in flight has the lease it may have taken released the same
     /// way.

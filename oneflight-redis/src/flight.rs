@@ -2,9 +2,9 @@
 //!
 //! That runner either:
 //!
-//! - **holds** the key: it took the lease, runs the load while a renewal task keeps the
-//!   lease alive, then publishes the value under its token (compare-and-set), or hands
-//!   the lease to the janitor when it has no value to share (error, panic, cancellation,
+//! - **holds** the key: it took the lease, runs the load while the fleet's renewal task
+//!   keeps the lease alive, then publishes the value under its token (compare-and-set), or hands
+//!   the lease to the keeper when it has no value to share (error, panic, cancellation,
 //!   a value over `max_value_size`, a publish whose reply was lost);
 //! - **waits** on another process's flight: it sleeps until a pub/sub hint or the poll
 //!   interval, then asks again with the token it waits on, and gets that flight's value,
@@ -17,20 +17,18 @@
 //! lease it may have taken, a [`Release`] guard for its nonce is armed; every way out
 //! (an error, a cancellation, a panic, a lost reply) that does not end in a publish that
 //! Redis confirmed, or in an answer that says the lease is not ours, drops it armed, and
-//! the janitor releases the lease.
+//! the keeper releases the lease.
 
-use futures_util::future::{AbortHandle, Abortable, Either, select};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::builder::Config;
 use crate::health::Health;
-use crate::janitor::Janitor;
+use crate::keeper::Keeper;
 use crate::notify::Notifier;
 use crate::stats::Counters;
 use crate::store::{self, Acquired, Names, Transport, fence_of, nonce_of};
@@ -54,13 +52,13 @@ pub(crate) enum Fencing {
     Off,
 }
 
-/// Everything of a fleet that talks to Redis, whatever the value type; shared with the
-/// renewal tasks.
+/// Everything of a fleet that talks to Redis, whatever the value type.
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) store: Arc<dyn Transport>,
     pub(crate) notifier: Arc<Notifier>,
-    pub(crate) janitor: Arc<Janitor>,
+    /// Renews the leases this process holds and releases those it gave up.
+    pub(crate) keeper: Arc<Keeper>,
     pub(crate) health: Arc<Health>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Config,
@@ -112,7 +110,7 @@ impl Link {
             let nonce = store::nonce();
             // Armed while the acquire is in flight: it may take the lease even if its
             // reply never reaches us.
-            let release = Release::new(&self.janitor, &names, &nonce);
+            let release = Release::new(&self.keeper, &names, &nonce);
             let token = waited.as_ref().map(|(token, _)| token.as_str());
             let fenced = fencing == Fencing::On;
             let answer = self
@@ -164,6 +162,7 @@ impl Link {
                         return self.load_alone(load, None).await;
                     }
                     waited = Some((holder, now));
+                    self.notifier.subscribe();
                     runtime::timeout(config.poll_interval.min(left), listener).await;
                 }
             }
@@ -187,23 +186,10 @@ impl Link {
     {
         Counters::add(&self.counters.loads);
         let load = load(fence_of(&token));
-        // Renewal runs on a task of its own, so that a load that hogs its thread does not
-        // stop it; where nothing can be spawned, beside the load in this task.
-        let renewal = renew(self.clone(), names.clone(), token.clone());
-        let (stop, registration) = AbortHandle::new_pair();
-        let result = match runtime::spawn(async move {
-            let _ = Abortable::new(renewal, registration).await;
-        }) {
-            Ok(()) => {
-                let _stop = Stop(stop);
-                load.await
-            }
-            Err(renewal) => match select(pin!(load), pin!(renewal)).await {
-                Either::Left((result, _)) => result,
-                // The lease was lost: the load goes on for this process's callers.
-                Either::Right(((), load)) => load.await,
-            },
-        };
+        // Renewed by the keeper's thread while the load runs.
+        let holding = self.keeper.hold(names, &token);
+        let result = load.await;
+        drop(holding);
         let payload = match &result {
             Ok(value) => match self.config.codec.seal(&token, value) {
                 Ok(payload) if payload.len() <= self.config.max_value_size => Some(payload),
@@ -216,7 +202,7 @@ impl Link {
             Err(_) => None,
         };
         // An error stays in this process; a value that cannot be encoded or is too large
-        // cannot be shared. Either way `release` stays armed: the janitor gives the lease
+        // cannot be shared. Either way `release` stays armed: the keeper gives the lease
         // up now, and a waiter takes over rather than after the lease.
         if let Some(payload) = payload {
             match self
@@ -264,59 +250,18 @@ impl Link {
     }
 }
 
-/// Keeps the lease of the flight `token` alive until aborted or lost: renews every third
-/// of the lease after a success, and every sixth after a failure, each attempt bounded
-/// by a sixth. So after the last success at `s`, attempts start by `s + L/3`, `s + L/2`,
-/// `s + 2L/3` and end by `s + 5L/6`: two (in fact three) failures in a row are survived.
-async fn renew(link: Arc<Link>, names: Names, token: String) {
-    let lease = link.config.lease;
-    let (every, retry) = (lease / 3, lease / 6);
-    let attempt_limit = retry.min(link.config.command_timeout);
-    let mut next = Instant::now().checked_add(every);
-    loop {
-        match next {
-            Some(at) => runtime::sleep(at.saturating_duration_since(Instant::now())).await,
-            None => std::future::pending().await,
-        }
-        let began = Instant::now();
-        let attempt = link.store.renew(&names, &token, lease);
-        let error = match runtime::timeout(attempt_limit, attempt).await {
-            Some(Ok(true)) => {
-                link.health.answered();
-                next = began.checked_add(every);
-                continue;
-            }
-            // Lost: the publish will be rejected.
-            Some(Ok(false)) => return,
-            Some(Err(error)) => error,
-            None => FleetError::timeout(link.store.address(), "renew", attempt_limit),
-        };
-        link.health.failed(&error, &link.counters);
-        next = began.checked_add(retry);
-    }
-}
-
-/// Stops the renewal task when the holder is done or dropped.
-struct Stop(AbortHandle);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Hands the lease taken with a nonce to the janitor when dropped armed: see the module
+/// Hands the lease taken with a nonce to the keeper when dropped armed: see the module
 /// docs' invariant.
 pub(crate) struct Release {
-    janitor: Arc<Janitor>,
+    keeper: Arc<Keeper>,
     names: Names,
     nonce: Option<String>,
 }
 
 impl Release {
-    fn new(janitor: &Arc<Janitor>, names: &Names, nonce: &str) -> Self {
+    fn new(keeper: &Arc<Keeper>, names: &Names, nonce: &str) -> Self {
         Release {
-            janitor: janitor.clone(),
+            keeper: keeper.clone(),
             names: names.clone(),
             nonce: Some(nonce_of(nonce).to_owned()),
         }
@@ -331,7 +276,7 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         if let Some(nonce) = self.nonce.take() {
-            self.janitor.release(self.names.clone(), nonce);
+            self.keeper.release(self.names.clone(), nonce);
         }
     }
 }
@@ -384,19 +329,11 @@ mod tests {
         ) -> BoxFuture<'a, Result<bool, FleetError>> {
             unreachable!("the waiter never holds")
         }
-        fn renew<'a>(
-            &'a self,
-            _: &'a Names,
-            _: &'a str,
-            _: Duration,
-        ) -> BoxFuture<'a, Result<bool, FleetError>> {
+        fn renew(&self, _: &Names, _: &str, _: Duration) -> Result<bool, FleetError> {
             unreachable!("the waiter never holds")
         }
         fn release(&self, _: &Names, _: &str, _: Duration) -> Result<bool, FleetError> {
             Ok(false)
-        }
-        fn address(&self) -> &str {
-            "test"
         }
     }
 

@@ -4,7 +4,8 @@
 //!   call only. Only a *streak* of them ([`REST_AFTER`] in a row, with no success in
 //!   between) makes new flights skip Redis for `retry_redis_after`: then Redis is down or
 //!   stalled, and asking would add a command timeout to every call. One slow renewal on
-//!   one key does not switch the process off the fleet.
+//!   one key does not switch the process off the fleet, and any answer from Redis (the
+//!   keeper's renewals and releases go on during a rest) ends a rest at once.
 //! - An error that Redis *answered* (`MOVED`, `OOM`, `READONLY`, a script error) never
 //!   makes the process rest: Redis is there, and each call tries once and degrades. The
 //!   first error of each code is said once on standard error, with what to do, since it
@@ -53,10 +54,15 @@ impl Health {
         }
     }
 
-    /// Redis answered a command.
+    /// Redis answered a command: the streak ends, and so does a rest (Redis is back; the
+    /// keeper's commands, which go on during a rest, often see it first).
     pub(crate) fn answered(&self) {
         if self.streak.load(Ordering::Relaxed) != 0 {
             self.streak.store(0, Ordering::Relaxed);
+        }
+        if self.maybe_resting.load(Ordering::Acquire) {
+            *self.rest.lock().unwrap_or_else(PoisonError::into_inner) = Rest::No;
+            self.maybe_resting.store(false, Ordering::Release);
         }
     }
 
@@ -79,7 +85,7 @@ impl Health {
         self.noted(error, counters);
     }
 
-    /// A command outside the flights failed (the janitor's, the subscriber's): counted,
+    /// A command outside the flights failed (the keeper's releases, the subscriber's): counted,
     /// and said once when it is a mistake to fix, but no part of a streak: callers do
     /// not wait on these, and the flights' own commands tell whether Redis answers.
     pub(crate) fn noted(&self, error: &FleetError, counters: &Counters) {

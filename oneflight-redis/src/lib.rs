@@ -130,7 +130,7 @@ mod error;
 mod fleet;
 mod flight;
 mod health;
-mod janitor;
+mod keeper;
 mod notify;
 mod runtime;
 mod stats;

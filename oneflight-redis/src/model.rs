@@ -1,5 +1,5 @@
 //! A model test of the protocol without Redis: the fleet's real flight logic (holder,
-//! waiter, renewal, janitor, takeover, degrade) over an in-memory transport with the
+//! waiter, renewal, keeper, takeover, degrade) over an in-memory transport with the
 //! scripts' semantics, several "processes" (fleets) sharing it, random timings,
 //! cancellations, panics, and Redis faults of every shape a network gives: a command
 //! that fails before it takes effect, one that takes effect and loses its reply, one
@@ -37,9 +37,9 @@ struct Faults {
     errors: u64,
     /// Take effect, then lose the reply (a timeout after the server acted).
     lost_replies: u64,
-    /// The janitor's releases fail before they take effect (it retries every 50 ms,
+    /// The keeper's releases fail before they take effect (it retries every 50 ms,
     /// until the lease would have expired: a short lease may then run out).
-    janitor_errors: u64,
+    keeper_errors: u64,
     /// After an acquire or renewal, the holder's lease is gone (evicted, or its holder
     /// paused past it).
     lost_leases: u64,
@@ -56,7 +56,7 @@ struct Memory {
     seed: AtomicU64,
     /// Acquires whose caller went away (cancelled, or timed out) before they took
     /// effect, as commands queued in a stalled Redis: they still run, later, at a random
-    /// point among the next commands, possibly after the janitor's release meant for them.
+    /// point among the next commands, possibly after the keeper's release meant for them.
     late: Mutex<Vec<LateAcquire>>,
 }
 
@@ -266,35 +266,33 @@ impl Transport for Memory {
         })
     }
 
-    fn renew<'a>(
-        &'a self,
-        names: &'a Names,
-        token: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, FleetError>> {
-        Box::pin(async move {
-            self.before().await?;
-            let renewed = {
-                let mut state = self.state.lock().unwrap();
-                Self::expire(&mut state, names);
-                if Self::lease_of(&state, names).map(String::as_str) != Some(token) {
-                    false
-                } else if self.roll(self.faults.lost_leases) {
-                    state.leases.remove(&names.lease());
-                    false
-                } else {
-                    state
-                        .leases
-                        .insert(names.lease(), (token.to_owned(), Instant::now() + lease));
-                    true
-                }
-            };
-            self.after(renewed).await
-        })
+    fn renew(&self, names: &Names, token: &str, lease: Duration) -> Result<bool, FleetError> {
+        if self.roll(self.faults.errors) {
+            return Err(Self::error());
+        }
+        let renewed = {
+            let mut state = self.state.lock().unwrap();
+            Self::expire(&mut state, names);
+            if Self::lease_of(&state, names).map(String::as_str) != Some(token) {
+                false
+            } else if self.roll(self.faults.lost_leases) {
+                state.leases.remove(&names.lease());
+                false
+            } else {
+                state
+                    .leases
+                    .insert(names.lease(), (token.to_owned(), Instant::now() + lease));
+                true
+            }
+        };
+        if self.roll(self.faults.lost_replies) {
+            return Err(Self::error());
+        }
+        Ok(renewed)
     }
 
     fn release(&self, names: &Names, nonce: &str, _lease: Duration) -> Result<bool, FleetError> {
-        if self.roll(self.faults.janitor_errors) {
+        if self.roll(self.faults.keeper_errors) {
             return Err(Self::error());
         }
         // Late acquires run before or after this release, as Redis may order them.
@@ -317,10 +315,6 @@ impl Transport for Memory {
             return Err(Self::error());
         }
         Ok(ours)
-    }
-
-    fn address(&self) -> &str {
-        "memory"
     }
 }
 
@@ -369,8 +363,8 @@ fn run(seed: u64, faults: Faults) {
         late: Mutex::default(),
     });
     let healthy = faults.errors == 0 && faults.lost_leases == 0 && faults.lost_replies == 0;
-    // Without lost leases and janitor errors, every lease ends published or released.
-    let no_lease_may_expire = faults.lost_leases == 0 && faults.janitor_errors == 0;
+    // Without lost leases and keeper errors, every lease ends published or released.
+    let no_lease_may_expire = faults.lost_leases == 0 && faults.keeper_errors == 0;
     let lease = Duration::from_millis(match (healthy, no_lease_may_expire) {
         (true, _) => 2000,
         (false, true) => 500,
@@ -450,7 +444,7 @@ fn run(seed: u64, faults: Faults) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         seen
     });
-    // Dropping the fleets waits for their janitors' pending releases; then every acquire
+    // Dropping the fleets waits for their keepers' pending releases; then every acquire
     // still queued runs, as it would once Redis resumed.
     drop(fleets);
     drop(runtime);
@@ -553,7 +547,7 @@ fn protocol_with_store_errors_and_lost_leases() {
     let faults = Faults {
         errors: 30,
         lost_leases: 30,
-        janitor_errors: 30,
+        keeper_errors: 30,
         ..Faults::default()
     };
     for seed in 100..=112 {
@@ -580,7 +574,7 @@ fn protocol_with_every_fault_at_once() {
         errors: 20,
         lost_replies: 20,
         lost_leases: 20,
-        janitor_errors: 20,
+        keeper_errors: 20,
         slow: true,
     };
     for seed in 300..=306 {

@@ -6,7 +6,8 @@
 //! (re)subscription every waiter is woken once, to check what it may have missed.
 //!
 //! - Waiters register by the flight's tag (its key), before their first acquire, so that
-//!   an end announced between the acquire's reply and the wait is heard.
+//!   an end announced between the acquire's reply and the wait is heard. The subscriber
+//!   starts when the process first waits.
 //! - An announcement names the token of the flight that ended, and brings the value's
 //!   payload when it is small; the waiter uses the payload only if the token is the one
 //!   it waits on.
@@ -98,15 +99,9 @@ impl Notifier {
         }
     }
 
-    /// Registers a waiter of the flights of `tag`, starting a subscriber if none runs.
+    /// Registers a waiter of the flights of `tag`. Hints reach it once a subscriber runs:
+    /// see [`Notifier::subscribe`].
     pub(crate) fn register(self: &Arc<Self>, tag: &str) -> Registration {
-        if !self.running.swap(true, Ordering::AcqRel) {
-            let running = Running(self.running.clone());
-            let weak = Arc::downgrade(self);
-            // Without a runtime to run it, the task is dropped here, clearing `running`:
-            // waiters poll.
-            let _ = runtime::spawn(subscribe(weak, running));
-        }
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let (hint, count) = waiting.entry(tag.to_owned()).or_default();
         *count += 1;
@@ -114,6 +109,18 @@ impl Notifier {
             notifier: self.clone(),
             tag: tag.to_owned(),
             hint: hint.clone(),
+        }
+    }
+
+    /// Starts a subscriber if none runs. Called when this process first waits on another
+    /// one, not when it holds: a process that only ever holds would otherwise receive,
+    /// and parse, the announcement of every flight of the namespace, its own included.
+    pub(crate) fn subscribe(self: &Arc<Self>) {
+        if !self.running.load(Ordering::Acquire) && !self.running.swap(true, Ordering::AcqRel) {
+            let running = Running(self.running.clone());
+            // Without a runtime to run it, the task is dropped here, clearing `running`:
+            // waiters poll.
+            let _ = runtime::spawn(subscriber(Arc::downgrade(self), running));
         }
     }
 
@@ -192,7 +199,7 @@ impl Drop for Registration {
 
 /// The subscriber task: subscribes, wakes waiters, pings, resubscribes after a lost or
 /// silent connection. Ends once the fleet is gone (checked at every ping).
-async fn subscribe(notifier: Weak<Notifier>, _running: Running) {
+async fn subscriber(notifier: Weak<Notifier>, _running: Running) {
     loop {
         let Some((client, channel, command_timeout, retry_after)) = notifier.upgrade().map(|n| {
             (

@@ -243,19 +243,13 @@ pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
         payload: Vec<u8>,
         retention: Duration,
     ) -> BoxFuture<'a, Result<bool, FleetError>>;
-    /// Extends the lease of the flight `token`; `Ok(false)` when it was lost.
-    fn renew<'a>(
-        &'a self,
-        names: &'a Names,
-        token: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, FleetError>>;
+    /// Extends the lease of the flight `token`; `Ok(false)` when it was lost. Blocks the
+    /// calling thread (the keeper's).
+    fn renew(&self, names: &Names, token: &str, lease: Duration) -> Result<bool, FleetError>;
     /// Gives up the lease taken with `nonce` and wakes its waiters; voids the nonce for
-    /// `lease`. Blocks the calling thread (the janitor's): it works without a runtime, so
+    /// `lease`. Blocks the calling thread (the keeper's): it works without a runtime, so
     /// that leases are released while a runtime shuts down.
     fn release(&self, names: &Names, nonce: &str, lease: Duration) -> Result<bool, FleetError>;
-    /// The server's address, for errors.
-    fn address(&self) -> &str;
 }
 
 /// The connections to Redis and the scripts, shared by a fleet's clones and its tasks.
@@ -274,8 +268,10 @@ pub(crate) struct Store {
     /// The connection for values over [`INLINE_PAYLOAD`], without a response timeout of
     /// its own: each transfer is timed by its size.
     bulk: Mutex<Option<MultiplexedConnection>>,
-    /// The janitor thread's blocking connection.
+    /// The keeper thread's blocking connection, and its timeout (a sixth of the lease at
+    /// most, so that a renewal attempt ends in time for the next).
     blocking: Mutex<Option<Blocking>>,
+    blocking_timeout: Duration,
     scripts: Scripts,
 }
 
@@ -312,7 +308,12 @@ fn transfer_timeout(command_timeout: Duration, bytes: usize) -> Duration {
 }
 
 impl Store {
-    pub(crate) fn new(client: Client, namespace: &str, command_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        namespace: &str,
+        command_timeout: Duration,
+        lease: Duration,
+    ) -> Self {
         Store {
             address: client.get_connection_info().addr().to_string().into(),
             client,
@@ -321,6 +322,7 @@ impl Store {
             quick: Mutex::new(None),
             bulk: Mutex::new(None),
             blocking: Mutex::new(None),
+            blocking_timeout: command_timeout.min(lease / 6),
             scripts: Scripts {
                 acquire: Script::new(ACQUIRE),
                 publish: Script::new(PUBLISH),
@@ -448,6 +450,45 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Runs `command` on the keeper's blocking connection, connecting first if needed. A
+    /// kept connection that fails unanswered (dead since a restart of the server) is
+    /// replaced and the command tried once more at once: the keeper's commands (renew,
+    /// release) are compare-and-set, so running one twice is harmless.
+    fn blocking<T>(
+        &self,
+        operation: &'static str,
+        command: impl Fn(&mut redis::Connection) -> Result<T, RedisError>,
+    ) -> Result<T, FleetError> {
+        let fail = |error| FleetError::from_redis(&self.address, operation, error);
+        let mut blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = blocking.is_some();
+        for attempt in [kept, false] {
+            if blocking.is_none() {
+                let timeout = self.blocking_timeout;
+                let connection = self
+                    .client
+                    .get_connection_with_timeout(timeout)
+                    .map_err(fail)?;
+                connection.set_read_timeout(Some(timeout)).map_err(fail)?;
+                connection.set_write_timeout(Some(timeout)).map_err(fail)?;
+                *blocking = Some(Blocking(connection));
+            }
+            let Blocking(connection) = blocking.as_mut().expect("connected above");
+            match command(connection).map_err(fail) {
+                Err(error) if error.kind().is_unreachable() => {
+                    *blocking = None;
+                    if !attempt {
+                        return Err(error);
+                    }
+                }
+                outcome => return outcome,
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+}
+
 /// The acquire script's reply, before a large value is fetched.
 enum Reply {
     Done(Acquired),
@@ -556,58 +597,29 @@ impl Transport for Store {
         })
     }
 
-    fn renew<'a>(
-        &'a self,
-        names: &'a Names,
-        token: &'a str,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<bool, FleetError>> {
-        Box::pin(async move {
-            let mut call = self.scripts.renew.key(names.lease());
-            call.arg(token).arg(millis(lease));
-            self.run("renew", Lane::Quick, |mut c| async move {
-                call.invoke_async(&mut c).await
-            })
-            .await
+    fn renew(&self, names: &Names, token: &str, lease: Duration) -> Result<bool, FleetError> {
+        self.blocking("renew", |connection| {
+            self.scripts
+                .renew
+                .key(names.lease())
+                .arg(token)
+                .arg(millis(lease))
+                .invoke(connection)
         })
     }
 
     fn release(&self, names: &Names, nonce: &str, lease: Duration) -> Result<bool, FleetError> {
-        let fail = |error| FleetError::from_redis(&self.address, "release", error);
-        let mut blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
-        if blocking.is_none() {
-            let connection = self
-                .client
-                .get_connection_with_timeout(self.command_timeout)
-                .map_err(fail)?;
-            connection
-                .set_read_timeout(Some(self.command_timeout))
-                .map_err(fail)?;
-            connection
-                .set_write_timeout(Some(self.command_timeout))
-                .map_err(fail)?;
-            *blocking = Some(Blocking(connection));
-        }
-        let Blocking(connection) = blocking.as_mut().expect("connected above");
-        let released = self
-            .scripts
-            .release
-            .key(names.lease())
-            .key(names.void(nonce))
-            .arg(nonce)
-            .arg(&self.channel)
-            .arg(names.announced())
-            .arg(millis(lease))
-            .invoke(connection)
-            .map_err(fail);
-        if released.as_ref().is_err_and(|e| e.kind().is_unreachable()) {
-            *blocking = None;
-        }
-        released
-    }
-
-    fn address(&self) -> &str {
-        &self.address
+        self.blocking("release", |connection| {
+            self.scripts
+                .release
+                .key(names.lease())
+                .key(names.void(nonce))
+                .arg(nonce)
+                .arg(&self.channel)
+                .arg(names.announced())
+                .arg(millis(lease))
+                .invoke(connection)
+        })
     }
 }
 

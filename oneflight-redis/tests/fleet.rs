@@ -509,3 +509,51 @@ async fn redis_round_trips_per_flight_two_for_the_holder_one_for_a_waiting_proce
     // carries the small value, so it need not ask again.
     assert_eq!(waiting_process, 1, "the waiting process's acquire");
 }
+
+/// A load that blocks its worker thread (and with it, on Tokio, the runtime's timers and
+/// I/O, whose driver that worker may hold) still has its lease renewed: by the fleet's
+/// keeper thread, not by a task. The waiter runs on a runtime of its own.
+#[test]
+fn a_load_that_hogs_its_thread_keeps_its_lease() {
+    let Some(server) = server() else { return };
+    let build = || {
+        Fleet::<String>::builder(server.client(), "hog")
+            .lease(Duration::from_millis(300))
+            .poll_interval(Duration::from_millis(50))
+            .build()
+    };
+    let (holder, waiter) = (build(), build());
+    let holder_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let holding = holder_runtime.spawn({
+        let holder = holder.clone();
+        async move {
+            holder
+                .work("k", async {
+                    // Blocks its worker thread for three leases.
+                    std::thread::sleep(Duration::from_millis(900));
+                    "held".to_owned()
+                })
+                .await
+        }
+    });
+    wait_until("the holder's load", Duration::from_secs(10), || {
+        holder.stats().loads == 1
+    });
+    let waiter_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let waited = waiter_runtime.block_on(waiter.work("k", async { "taken over".to_owned() }));
+    let held = holder_runtime.block_on(holding).unwrap();
+    assert_eq!((held.as_str(), waited.as_str()), ("held", "held"));
+    let (h, w) = (holder.stats(), waiter.stats());
+    assert_eq!(
+        (w.takeovers, w.received, h.late_publishes),
+        (0, 1, 0),
+        "{h:?} {w:?}"
+    );
+}

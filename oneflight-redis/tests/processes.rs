@@ -315,7 +315,7 @@ fn redis_away_mid_flight(name: &str, how: impl FnOnce(&mut Server)) {
         "{loads:?}"
     );
     // Redis back: one load in the fleet again, at once.
-    assert_eq!(phase2.len(), 1, "{loads:?}");
+    assert_eq!(phase2.len(), 1, "{loads:?} {reports:?}");
     let waited = ms_between(go2, phase2[0].start_ms);
     assert!(
         waited < 700,
