@@ -557,3 +557,69 @@ fn a_load_that_hogs_its_thread_keeps_its_lease() {
         "{h:?} {w:?}"
     );
 }
+
+#[tokio::test]
+async fn duration_max_settings_never_overflow_inside_calls() {
+    let Some(server) = server() else { return };
+    let build = |client| {
+        Fleet::<String>::builder(client, "max")
+            .max_wait(Duration::MAX)
+            .retry_redis_after(Duration::MAX)
+            .lease(Duration::MAX)
+            .poll_interval(Duration::from_millis(50))
+            .command_timeout(Duration::MAX)
+            .build()
+    };
+    // Waiting with no limit, on a lease with no expiry.
+    let (holder, waiter) = (build(server.client()), build(server.client()));
+    let (a, b) = tokio::join!(
+        holder.work("k", async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            "v".to_owned()
+        }),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waiter.work("k", async { "w".to_owned() }).await
+        }
+    );
+    assert_eq!((a.as_str(), b.as_str()), ("v", "v"));
+    // Failing and resting with no limit.
+    let down = build(unreachable_redis());
+    for _ in 0..3 {
+        assert_eq!(down.work("k", async { "alone".to_owned() }).await, "alone");
+    }
+    assert_eq!(down.stats().fallbacks, 3);
+}
+
+#[tokio::test]
+async fn a_value_over_max_value_size_stays_with_its_holder_and_its_lease_is_released() {
+    let Some(server) = server() else { return };
+    let build = || {
+        Fleet::<String>::builder(server.client(), "size")
+            .max_value_size(100)
+            .lease(Duration::from_secs(30))
+            .poll_interval(Duration::from_secs(10))
+            .build()
+    };
+    let (holder, waiter) = (build(), build());
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(
+        holder.work("k", async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            "x".repeat(1000)
+        }),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waiter.work("k", async { "small".to_owned() }).await
+        }
+    );
+    assert_eq!((a.len(), b.as_str()), (1000, "small"));
+    // The release woke the waiter: no lease (30 s) nor poll (10 s) waited out.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((holder.stats().oversized, waiter.stats().takeovers), (1, 1));
+    server.assert_no_flight_left(Duration::from_secs(30 + 10));
+}
