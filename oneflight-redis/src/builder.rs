@@ -117,6 +117,14 @@ impl<V> FleetBuilder<V> {
     /// well above a renewal's worst round trip, and know that a holder paused longer than
     /// this (GC, swap, SIGSTOP) is no longer alone: see the crate docs on fencing.
     /// At least 6 ms, and longer than `poll_interval`.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").lease(Duration::from_secs(10)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self
@@ -126,6 +134,14 @@ impl<V> FleetBuilder<V> {
     /// 250 ms). It bounds how long a lost hint can delay a waiter, and how late a takeover
     /// starts after a lease expired; each check is one Redis command per waiting process.
     /// Above zero, and shorter than the lease.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").poll_interval(Duration::from_millis(100)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
         self.config.poll_interval = poll_interval;
         self
@@ -139,6 +155,14 @@ impl<V> FleetBuilder<V> {
     /// a caller still answers in time, with a value it loaded itself. A holder that died
     /// is replaced after `lease + poll_interval` anyway; `max_wait` is for holders that
     /// are alive but slow.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").max_wait(Duration::from_secs(2)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.config.max_wait = max_wait;
         self
@@ -147,6 +171,14 @@ impl<V> FleetBuilder<V> {
     /// How long any one Redis command (connecting included) may take before it counts as
     /// failed (default 1 s). Values over 64 KiB get more time, by their size (2 s more
     /// for 16 MiB), on a connection of their own.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").command_timeout(Duration::from_millis(300)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn command_timeout(mut self, command_timeout: Duration) -> Self {
         self.config.command_timeout = command_timeout;
         self
@@ -157,6 +189,14 @@ impl<V> FleetBuilder<V> {
     /// tried again (default 1 s; `Duration::MAX`: never again). It keeps a down or stalled
     /// server from adding a command timeout to every call. Errors that Redis answers
     /// (`MOVED`, `OOM`, ...) never start a rest.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").retry_redis_after(Duration::from_secs(2)).build();
+    /// # drop(fleet);
+    /// ```
     pub fn retry_redis_after(mut self, retry_redis_after: Duration) -> Self {
         self.config.retry_redis_after = retry_redis_after;
         self
@@ -166,12 +206,28 @@ impl<V> FleetBuilder<V> {
     /// A larger value stays with the holder's own callers: its lease is released, other
     /// processes load for themselves, and [`FleetStats::oversized`](crate::FleetStats)
     /// counts it.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").max_value_size(64 * 1024 * 1024).build();
+    /// # drop(fleet);
+    /// ```
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.config.max_value_size = bytes;
         self
     }
 
     /// How values are encoded in Redis (default [`Codec::Postcard`]).
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # use std::time::Duration;
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app").codec(oneflight_redis::Codec::Json).build();
+    /// # drop(fleet);
+    /// ```
     pub fn codec(mut self, codec: Codec) -> Self {
         self.config.codec = codec;
         self

@@ -19,6 +19,11 @@
 //! # }
 //! ```
 //!
+//! `V` must be `Clone + Serialize + DeserializeOwned + Send + Sync + 'static`: values
+//! cross processes through serde, and each caller gets its own clone (share big values as
+//! `Arc<T>`, which serde supports with its `rc` feature). Keys are `&str`; namespaces and
+//! keys may hold any characters, the empty string included.
+//!
 //! # The protocol
 //!
 //! ```text
@@ -26,8 +31,8 @@
 //!  ──────────────────                 ─────                       ──────────────────
 //!  acquire ───────── SET lease=T1 NX PX lease ──▶ "hold T1"
 //!                                                  ◀──────────── acquire: "wait T1"
-//!  load runs; every lease/3:                                      sleeps until a pub/sub
-//!  renew (only while lease == T1)                                 hint for T1, or
+//!  load runs; the keeper thread                                   sleeps until a pub/sub
+//!  renews (only while lease == T1)                                hint for T1, or
 //!                                                                 poll_interval
 //!  publish (only while lease == T1):
 //!    SET value:T1, DEL lease,
@@ -38,24 +43,38 @@
 //!                                                                 value:T1 → the value
 //! ```
 //!
-//! - **Acquire** is one Lua script: take the lease with a fresh token (random, after a
-//!   fencing number for `work_fenced`), or say who holds it, or, for a waiter, hand over
-//!   the value of the flight it waited on; if the lease is gone without a value (holder
-//!   killed, released), the waiter takes the key over in the same atomic step.
-//! - **Publish**, **renew** and **release** are compare-and-set scripts on the token: a
-//!   holder that lost its lease can neither overwrite nor extend nor end the flight that
-//!   replaced it.
+//! - **Acquire** is one Lua script: take the lease with a token whose random part (the
+//!   nonce) the caller chose, after a fencing number for `work_fenced`; or say who holds
+//!   it; or, for a waiter, hand over the value of the flight it waited on. If the lease
+//!   is gone without a value (holder killed, released), the waiter takes the key over in
+//!   the same atomic step.
+//! - **Publish**, **renew** and **release** are compare-and-set scripts: a holder that
+//!   lost its lease can neither overwrite nor extend nor end the flight that replaced it.
+//! - **No lease without a holder.** Each fleet has a keeper thread that renews the leases
+//!   its process holds (independently of how the load is polled, every third of the
+//!   lease, retried every sixth after a failure: two failed renewals in a row are
+//!   survived) and releases, by nonce, every lease the process may hold but can no
+//!   longer use: its callers left or its load failed, a publish or acquire whose reply
+//!   was lost, an acquire whose caller was cancelled, a runtime shutting down. A release
+//!   also voids the nonce, so that an acquire that a stalled Redis runs late takes
+//!   nothing.
 //! - **Pub/sub is a hint.** Redis drops messages across reconnects, so a waiter also
 //!   polls every `poll_interval`; a lost hint costs at most one interval. A hint carries
 //!   values up to 1 KiB, so that a waiting process usually needs one round trip per
-//!   flight; every process of the namespace receives every hint.
-//! - **Every command has a timeout** (`command_timeout`). After a failure, new flights
-//!   skip Redis for `retry_redis_after` and deduplicate in-process only, then try again.
+//!   flight; every process of the namespace that ever waited receives every hint. The
+//!   subscriber pings when quiet and is replaced when its connection goes silent or its
+//!   runtime drops it.
+//! - **Every command has a timeout** (`command_timeout`; values over 64 KiB travel on a
+//!   connection of their own, with more time by their size).
 //!
-//! Keys of one flight share the hash tag `{namespace:key}`, so a Redis Cluster keeps them
-//! on one slot: `oneflight:{ns:key}:lease`, `…:value:TOKEN` (kept one lease for late
-//! pollers) and, for keys loaded with `work_fenced`, `…:fence` (the last fencing number,
-//! kept a day). Ends of flights are announced on `oneflight:ns:done`.
+//! A flight's keys share a length-prefixed tag, `{<len>:<namespace><len>:<key>}`, so
+//! that no two (namespace, key) pairs share a lease or a value, and a Redis Cluster
+//! keeps them on one slot: `oneflight:TAG:lease`, `…:value:TOKEN` (kept a lease and a
+//! poll interval for late pollers), `…:void:NONCE` (a lease), and, for keys loaded with
+//! `work_fenced`, `…:fence` (the last fencing number, kept a day). Every key has a TTL.
+//! Values travel in a versioned envelope that names the value's type: a value sealed for
+//! another type (or codec, or envelope version) is a miss, never a wrong value. Change
+//! the namespace when `V`'s serialized form changes incompatibly.
 //!
 //! # What you can rely on
 //!
@@ -63,17 +82,23 @@
 //!   flight, in every process, gets the value of that flight.
 //! - **No caller hangs when a holder dies.** A killed holder's lease expires and one
 //!   waiting process takes over within the lease plus one poll interval. A holder whose
-//!   local callers all went away, whose load panicked, or whose `try_work` load failed,
-//!   releases its lease at once, and a waiter takes over without waiting out the lease.
+//!   local callers all went away, whose load panicked, whose `try_work` load failed, or
+//!   whose process shut down, releases its lease at once, and a waiter takes over
+//!   without waiting out the lease.
 //! - **A holder paused past its lease** (GC, swap, SIGSTOP) and then resumed cannot
 //!   overwrite the flight that replaced it; its own callers still get the value its own
 //!   load returned.
 //! - **Panics and errors stay in their process.** The holder's callers see them as with
 //!   [`oneflight::Group`]; other processes see the flight abandoned and take over.
-//! - **Redis trouble degrades, never fails** (down, slow, restarted, an undecodable
-//!   payload): the call goes on with in-process deduplication, [`Fleet::stats`] counts
-//!   it, and Redis is used again once it answers. With
-//!   [`OnRedisError::Fail`], [`Fleet::try_work`] returns a [`FleetError`] instead.
+//! - **Redis trouble degrades, in proportion** (down, slow, restarted, an error Redis
+//!   answered, an undecodable payload): the call goes on with in-process deduplication
+//!   and [`Fleet::stats`] counts it by kind. A process stops asking Redis (for
+//!   `retry_redis_after`) only after two commands in a row went unanswered, and any
+//!   answer ends that rest. An error Redis answers (`MOVED`, `OOM`, `WRONGTYPE`, ...)
+//!   degrades that call only and is said once on standard error, with what to do.
+//!   [`Fleet::try_work_or_fail`] returns the [`FleetError`] instead of degrading.
+//! - **Values up to 16 MiB** cross processes with the default settings; a larger one
+//!   (over `max_value_size`) stays with the holder's callers, and its lease is released.
 //!
 //! # Limits
 //!
@@ -92,18 +117,36 @@
 //! - **One Redis node.** With replication, a failover can lose a lease that was not yet
 //!   replicated (as any single-instance Redis lock); the fleet then loads twice, once.
 //! - Every process of a fleet must use the same namespace, codec and crate version.
+//! - A fleet used on a second runtime after its first was dropped loses the first
+//!   command of each connection to it (that call degrades); then it reconnects.
 //!
-//! # Choosing the lease and the poll interval
+//! # Shutting down
+//!
+//! Nothing to call: a process that drops its runtime with loads in flight, then its
+//! fleet (as `main` returning does), leaves no lease behind. The dropped loads hand their
+//! leases to the keeper thread, and dropping the fleet's last handle waits for those
+//! releases, at most twice the command timeout (5 s at most). Keep a handle until after
+//! the runtime is gone (in `main`, not only in a `static`), so that this wait happens
+//! before the process exits.
+//!
+//! # Choosing the settings
 //!
 //! - `lease` (default 5 s) bounds how long waiters wait for a holder that died, and
-//!   must be longer than the longest pause you expect of a live holder (the holder renews
-//!   every `lease / 3`, so two renewals can be missed). Loads longer than the lease are
-//!   fine: the lease is renewed while they run.
-//! - `poll_interval` (default 250 ms) bounds how late a waiter learns of an end whose
-//!   pub/sub hint was lost, and how late a takeover starts after a lease expired. Each
-//!   poll is one Redis command per waiting *process* (not per caller).
+//!   must be longer than the longest pause you expect of a live holder. Loads longer than
+//!   the lease are fine: the lease is renewed while they run.
+//! - `poll_interval` (default 250 ms, shorter than the lease) bounds how late a waiter
+//!   learns of an end whose pub/sub hint was lost, and how late a takeover starts after a
+//!   lease expired. Each poll is one Redis command per waiting *process* (not per
+//!   caller).
 //! - `max_wait` (default 30 s) is how long a caller waits on another process's flight
-//!   before it loads by itself.
+//!   before it loads by itself. In a request handler, take it from the request's budget:
+//!   a little under the time the handler may wait for the value, so that a slow holder
+//!   elsewhere costs a duplicate load rather than a timed-out request. A dead holder is
+//!   replaced after `lease + poll_interval` anyway; `max_wait` is for live, slow ones.
+//! - `max_value_size` (default 16 MiB, at most 512 MiB): the largest value shared.
+//!
+//! `build` panics, naming the setting, on settings that cannot work together;
+//! `Duration::MAX` means "no limit".
 //!
 //! # Features
 //!

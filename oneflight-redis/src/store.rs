@@ -41,7 +41,7 @@ use crate::{FleetError, FleetErrorKind};
 /// A value larger than `ARGV[6]` bytes is not returned inline: the reply says its size,
 /// and the waiter fetches it on the connection for large transfers.
 ///
-/// A nonce that [`RELEASE`] has voided takes no lease: an acquire whose caller gave up
+/// A nonce that the release script has voided takes no lease: an acquire whose caller gave up
 /// (its reply lost to a timeout) may still run later, when a stalled Redis resumes, and
 /// possibly after the release that was meant for it.
 ///
