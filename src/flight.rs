@@ -29,7 +29,7 @@
 //!   what must be dropped or started is handed out and dealt with after unlocking. Wakers
 //!   are cloned under the lock (executors make that a reference count), but never dropped
 //!   or woken there: a waker's drop may drop a task, and with it a user's future.
-//! - Each waiting `work` caller has a slot in [`Followers::wakers`]. A slot holds the
+//! - Each waiting `work` caller has a slot in [`Followers::wakers`] ([`crate::wakers`]). A slot holds the
 //!   caller's waker unless a vacancy or the end of the flight took it out to wake it;
 //!   whoever takes wakers out wakes every one of them after unlocking. A waiter that was
 //!   woken without an outcome (a vacancy) takes the lock, and puts its waker back while
@@ -47,6 +47,7 @@ use async_channel::Sender;
 
 use crate::outcome::{Outcome, Panicked};
 use crate::sync::{Arc, AtomicU64, OnceLock, Ordering};
+pub(crate) use crate::wakers::{WakerId, Wakers};
 
 /// Names a flight for its callers: its key's hash and its id, unique in its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,39 +102,6 @@ pub(crate) struct Waiters<V> {
     /// lock before they are woken. A waiter that saw no change since it last looked under
     /// the lock knows there is nothing to claim, and waits without taking the lock.
     pub(crate) vacancies: AtomicU64,
-}
-
-/// The wakers of a flight's waiting `work` callers: a slot per caller, as futures'
-/// `Shared` keeps them in a slab. A free slot links to the next free one, so that a
-/// flight whose callers come and go reuses its slots. The first slots live in the
-/// followers' box itself, since most shared flights have few waiting callers; only more
-/// callers than that allocate.
-#[derive(Default)]
-pub(crate) struct Wakers {
-    /// Slots `0..INLINE_SLOTS`, in use up to `len`.
-    inline: [Slot; INLINE_SLOTS],
-    /// Slots from `INLINE_SLOTS` on.
-    spilled: Vec<Slot>,
-    /// How many slots were ever handed out.
-    len: usize,
-    /// The first free slot, if any.
-    free: Option<usize>,
-}
-
-/// How many slots [`Wakers`] keeps in the followers' box.
-const INLINE_SLOTS: usize = 2;
-
-enum Slot {
-    /// A waiting caller's: its waker, or `None` once taken out to be woken.
-    Waiting(Option<Waker>),
-    /// Free, with the next free slot.
-    Free(Option<usize>),
-}
-
-impl Default for Slot {
-    fn default() -> Self {
-        Slot::Free(None)
-    }
 }
 
 /// The phase of a flight; see the module docs.
@@ -415,71 +383,6 @@ impl<V: Clone> Ended<V> {
     }
 }
 
-impl Wakers {
-    /// A new slot holding `waker`.
-    fn insert(&mut self, waker: Waker) -> usize {
-        let waiting = Slot::Waiting(Some(waker));
-        if let Some(free) = self.free {
-            let Slot::Free(next) = std::mem::replace(self.slot(free), waiting) else {
-                unreachable!("the free list links free slots")
-            };
-            self.free = next;
-            return free;
-        }
-        let slot = self.len;
-        self.len += 1;
-        match self.inline.get_mut(slot) {
-            Some(inline) => *inline = waiting,
-            None => self.spilled.push(waiting),
-        }
-        slot
-    }
-
-    fn slot(&mut self, slot: usize) -> &mut Slot {
-        match self.inline.get_mut(slot) {
-            Some(inline) => inline,
-            None => &mut self.spilled[slot - INLINE_SLOTS],
-        }
-    }
-
-    /// Puts `waker` in the caller's slot; returns what it held.
-    fn replace(&mut self, slot: usize, waker: Option<Waker>) -> Option<Waker> {
-        match self.slot(slot) {
-            Slot::Waiting(held) => std::mem::replace(held, waker),
-            Slot::Free(_) => unreachable!("a waiting caller's slot is not free"),
-        }
-    }
-
-    /// Frees the caller's slot; returns the waker it held.
-    fn remove(&mut self, slot: usize) -> Option<Waker> {
-        let waker = self.replace(slot, None);
-        *self.slot(slot) = Slot::Free(self.free);
-        self.free = Some(slot);
-        waker
-    }
-
-    /// Wakes every waker of an ended flight's callers, after unlocking.
-    pub(crate) fn wake_all(self) {
-        for slot in self.inline.into_iter().chain(self.spilled) {
-            if let Slot::Waiting(Some(waker)) = slot {
-                waker.wake();
-            }
-        }
-    }
-
-    /// Takes every waker out of its slot, to wake after unlocking. The slots stay
-    /// with their callers.
-    fn take_all(&mut self) -> Vec<Waker> {
-        let slots = self.inline.iter_mut().chain(&mut self.spilled);
-        slots
-            .filter_map(|slot| match slot {
-                Slot::Waiting(waker) => waker.take(),
-                Slot::Free(_) => None,
-            })
-            .collect()
-    }
-}
-
 /// What a waiting `work` caller needs from [`Flight::join_work`].
 pub(crate) struct Joined<V> {
     pub(crate) waiters: Arc<Waiters<V>>,
@@ -487,26 +390,6 @@ pub(crate) struct Joined<V> {
     pub(crate) slot: usize,
     /// The waker put in the slot.
     pub(crate) registered: WakerId,
-}
-
-/// Which waker a slot holds: its data and vtable addresses, the two that
-/// [`Waker::will_wake`] compares. A waiting caller keeps this rather than a clone of its
-/// own: the clone in its slot keeps that waker alive, so its addresses cannot be reused by
-/// another waker until a vacancy or the end of the flight takes it out, and the caller sees
-/// either (the vacancy count, the outcome) before it compares.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WakerId {
-    data: usize,
-    vtable: usize,
-}
-
-impl WakerId {
-    pub(crate) fn of(waker: &Waker) -> Self {
-        WakerId {
-            data: waker.data().addr(),
-            vtable: std::ptr::from_ref(waker.vtable()).addr(),
-        }
-    }
 }
 
 /// Drops user values (futures, spawners, panic payloads) where a panic in their `Drop`

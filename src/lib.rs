@@ -139,9 +139,11 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod chan;
 mod flight;
 mod group;
 mod map;
+mod observe;
 mod outcome;
 mod reentrance;
 mod roles;
@@ -149,6 +151,7 @@ mod roles;
 mod runtime;
 mod stats;
 mod sync;
+mod wakers;
 
 /// The channel crate behind [`Group::do_chan`]'s receivers, re-exported so that callers
 /// can name [`Receiver`](async_channel::Receiver) and

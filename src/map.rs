@@ -10,6 +10,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as Slot;
 
 use crate::flight::{Flight, FlightId, Phase};
+use crate::observe::{self, Observer};
 use crate::reentrance;
 use crate::stats::Stats;
 use crate::sync::{Mutex, MutexGuard};
@@ -23,6 +24,8 @@ pub(crate) struct Inner<K, V, S> {
     shards: Box<[Shard<K, V>]>,
     /// `64 - log2(shards.len())`: selects a shard from a hash.
     shift: u32,
+    /// The group's name, and what it reports with the `tracing` and `metrics` features.
+    pub(crate) observer: Observer,
 }
 
 /// One shard's lock, alone on its cache lines so that shards don't contend by sharing.
@@ -55,8 +58,8 @@ struct Entry<K, V> {
 }
 
 impl<K, V, S> Inner<K, V, S> {
-    /// An empty map of flights whose keys `hasher` hashes.
-    pub(crate) fn new(hasher: S) -> Self {
+    /// An empty map of flights whose keys `hasher` hashes, reported as `observer` says.
+    pub(crate) fn new(hasher: S, observer: Observer) -> Self {
         let shards = shard_count();
         Inner {
             hasher,
@@ -71,6 +74,7 @@ impl<K, V, S> Inner<K, V, S> {
                 })
                 .collect(),
             shift: 64 - shards.trailing_zeros(),
+            observer,
         }
     }
 
@@ -134,12 +138,15 @@ impl<K, V, S> Inner<K, V, S> {
                 };
                 if reentrance::is_running(reentrance::frame(self, id)) {
                     drop(flights);
+                    observe::event!(self.observer, "refused a re-entrant call");
                     reentrance::refuse();
                 }
                 let runs = flight.runs;
                 let joined = join(flight, false);
                 counts.joined += 1;
                 counts.takeovers += flight.runs - runs;
+                self.observer.joined();
+                self.observer.takeovers(flight.runs - runs);
                 (id, joined)
             }
             Slot::Vacant(slot) => {
@@ -150,6 +157,7 @@ impl<K, V, S> Inner<K, V, S> {
                 let joined = join(&mut flight, true);
                 slot.insert(Entry { hash, key, flight });
                 counts.flights += 1;
+                self.observer.flight();
                 (FlightId { hash, id }, joined)
             }
         }
@@ -176,6 +184,7 @@ impl<K, V, S> Inner<K, V, S> {
                 let runs = flight.runs;
                 let result = update(flight);
                 counts.takeovers += flight.runs - runs;
+                self.observer.takeovers(flight.runs - runs);
                 if entry.get().flight.phase == Phase::Ended {
                     let (Entry { key, .. }, _) = entry.remove();
                     // The key is dropped after unlocking: its `Drop` is user code.
@@ -189,6 +198,7 @@ impl<K, V, S> Inner<K, V, S> {
                 let runs = flight.runs;
                 let result = update(flight);
                 counts.takeovers += flight.runs - runs;
+                self.observer.takeovers(flight.runs - runs);
                 if flight.phase == Phase::Ended {
                     forgotten.remove(&id.id);
                 }
@@ -217,6 +227,7 @@ impl<K, V, S> Inner<K, V, S> {
             Ok(entry) if when(&entry.get().flight) => {
                 let (Entry { key, flight, .. }, _) = entry.remove();
                 counts.forgotten += 1;
+                self.observer.forgotten();
                 forgotten.insert(flight.id, flight);
                 drop(flights);
                 drop(key);

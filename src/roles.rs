@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 
 use crate::flight::{Ended, Flight, FlightId, Followers, Joined, Waiters, WakerId, drop_quietly};
 use crate::map::{Flights, Inner};
+use crate::observe;
 use crate::outcome::Panicked;
 use crate::reentrance;
 use crate::sync::{Arc, MutexGuard, Ordering};
@@ -93,6 +94,7 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
             .expect("only its runner ends a running flight");
         if outcome.is_err() {
             flights.counts.panics += 1;
+            self.group.observer.panicked();
         }
         let Some(ended) = flight.end() else {
             // Nobody else ever joined: the fast path, kept small.
@@ -101,6 +103,11 @@ impl<'g, K, V: Clone, S> Runner<'g, K, V, S> {
             drop(key);
             return outcome.ok().filter(|_| keep);
         };
+        observe::event!(
+            self.group.observer,
+            panicked = outcome.is_err(),
+            "published a flight's outcome to its other callers"
+        );
         share(flights, key, ended, outcome, keep)
     }
 }
@@ -207,8 +214,10 @@ where
                     }
                 });
                 let Some(joined) = joined else {
+                    observe::role!("runner");
                     return Poll::Ready(Err(flight));
                 };
+                observe::role!("joined");
                 this.waiter.insert(Waiter::new(this.group, flight, joined))
             }
         };
@@ -231,6 +240,9 @@ struct Waiter<'g, K, V, S> {
     vacancies: u64,
     /// Whether this caller is still counted among the flight's waiting callers.
     armed: bool,
+    /// When this caller joined, for `oneflight_wait_seconds`.
+    #[cfg(feature = "metrics")]
+    joined_at: std::time::Instant,
 }
 
 impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
@@ -244,6 +256,8 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
             registered: joined.registered,
             vacancies: joined.vacancies,
             armed: true,
+            #[cfg(feature = "metrics")]
+            joined_at: std::time::Instant::now(),
         }
     }
 
@@ -254,7 +268,10 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
     ///
     /// With a [`Panicked`] payload, if the flight's future panicked.
     fn poll_value(&mut self, cx: &mut Context<'_>) -> Poll<Result<V, FlightId>> {
-        if let Err(flight) = std::task::ready!(self.poll_wait(cx)) {
+        let waited = std::task::ready!(self.poll_wait(cx));
+        #[cfg(feature = "metrics")]
+        self.group.observer.waited(self.joined_at);
+        if let Err(flight) = waited {
             return Poll::Ready(Err(flight));
         }
         self.armed = false;
@@ -293,6 +310,12 @@ impl<'g, K, V: Clone, S> Waiter<'g, K, V, S> {
             if let Some(waker) = flight.claim_waiting(self.slot) {
                 flights.counts.takeovers += 1;
                 drop(flights);
+                self.group.observer.takeovers(1);
+                observe::role!("takeover");
+                observe::event!(
+                    self.group.observer,
+                    "took over a flight whose runner went away"
+                );
                 self.armed = false;
                 // No runner guards the claimed run until `work` makes one: a panic in
                 // this drop must not strand it.
