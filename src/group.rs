@@ -56,7 +56,7 @@ impl<K, V> Group<K, V, RandomState> {
     ///
     /// ```
     /// let group: oneflight::Group<u64, String> = oneflight::Group::named("profiles");
-    /// assert_eq!(format!("{group:?}"), r#"Group { name: Some("profiles"), in_flight: 0, .. }"#);
+    /// assert_eq!(format!("{group:?}"), r#"Group { name: "profiles", in_flight: 0, .. }"#);
     /// ```
     pub fn named(name: impl Into<Cow<'static, str>>) -> Self {
         Group {
@@ -343,9 +343,11 @@ impl<K, V, S: Default> Default for Group<K, V, S> {
 
 impl<K, V, S> fmt::Debug for Group<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Group")
-            .field("name", &self.inner.observer.name)
-            .field("in_flight", &self.in_flight())
+        let mut f = f.debug_struct("Group");
+        if let Some(name) = &self.inner.observer.name {
+            f.field("name", name);
+        }
+        f.field("in_flight", &self.in_flight())
             .finish_non_exhaustive()
     }
 }
