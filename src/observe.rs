@@ -43,7 +43,8 @@ impl Observer {
     pub(crate) fn new(name: Option<Cow<'static, str>>) -> Self {
         Observer {
             name,
-            ..Observer::default()
+            #[cfg(feature = "metrics")]
+            handles: std::sync::OnceLock::new(),
         }
     }
 

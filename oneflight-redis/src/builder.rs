@@ -16,6 +16,10 @@ pub(crate) struct Config {
     pub(crate) retry_redis_after: Duration,
     pub(crate) max_value_size: usize,
     pub(crate) codec: Codec,
+    /// The fleet's name in spans and metric labels; the namespace unless set.
+    pub(crate) name: String,
+    /// Whether spans record keys.
+    pub(crate) record_keys: bool,
 }
 
 /// The largest `max_value_size`: Redis's default `proto-max-bulk-len`.
@@ -31,6 +35,8 @@ impl Default for Config {
             retry_redis_after: Duration::from_secs(1),
             max_value_size: 16 * 1024 * 1024,
             codec: Codec::Postcard,
+            name: String::new(),
+            record_keys: true,
         }
     }
 }
@@ -105,7 +111,10 @@ impl<V> FleetBuilder<V> {
         FleetBuilder {
             client,
             namespace: namespace.to_owned(),
-            config: Config::default(),
+            config: Config {
+                name: namespace.to_owned(),
+                ..Config::default()
+            },
             value: PhantomData,
         }
     }
@@ -230,6 +239,34 @@ impl<V> FleetBuilder<V> {
     /// ```
     pub fn codec(mut self, codec: Codec) -> Self {
         self.config.codec = codec;
+        self
+    }
+
+    /// The fleet's name in `tracing` spans and `metrics` labels (default: the namespace).
+    /// Name fleets after the kind of work, a bounded set: it becomes a label.
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "app:v2").name("app").build();
+    /// # drop(fleet);
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Whether `tracing` spans record the key (default `true`). Turn it off when keys
+    /// hold what must not reach your logs (emails, tokens).
+    ///
+    /// ```
+    /// # use oneflight_redis::{Fleet, redis};
+    /// # let client = redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let fleet: Fleet<u32> = Fleet::builder(client, "sessions").record_keys(false).build();
+    /// # drop(fleet);
+    /// ```
+    pub fn record_keys(mut self, record_keys: bool) -> Self {
+        self.config.record_keys = record_keys;
         self
     }
 

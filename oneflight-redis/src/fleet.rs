@@ -101,8 +101,12 @@ impl<V> Fleet<V> {
         namespace: &str,
         config: Config,
     ) -> Self {
-        let counters = Arc::new(Counters::default());
-        let health = Arc::new(Health::new(namespace, config.retry_redis_after));
+        let counters = Arc::new(Counters::new(&config.name));
+        let health = Arc::new(Health::new(
+            namespace,
+            &config.name,
+            config.retry_redis_after,
+        ));
         let notifier = Notifier::new(
             hints,
             store::channel(namespace),
@@ -124,7 +128,7 @@ impl<V> Fleet<V> {
             health.clone(),
         );
         Fleet {
-            group: Group::new(),
+            group: Group::named(config.name.clone()),
             link: Arc::new(Link {
                 store,
                 notifier: Arc::new(notifier),

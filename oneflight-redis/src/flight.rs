@@ -30,7 +30,8 @@ use crate::builder::Config;
 use crate::health::Health;
 use crate::keeper::Keeper;
 use crate::notify::Notifier;
-use crate::stats::Counters;
+use crate::observe;
+use crate::stats::{Counters, Fallback};
 use crate::store::{self, Acquired, Names, Transport, fence_of, nonce_of};
 use crate::{FleetError, runtime};
 
@@ -67,8 +68,8 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// This process's part in one flight of `key`. With `fail`, Redis trouble ends the
-    /// flight with [`RedisFailed`] instead of a load without the fleet.
+    /// This process's part in one flight of `key`, in its span. With `fail`, Redis
+    /// trouble ends the flight with [`RedisFailed`] instead of a load without the fleet.
     pub(crate) async fn fly<V, C, F>(
         self: &Arc<Self>,
         key: &str,
@@ -81,8 +82,28 @@ impl Link {
         C: FnOnce(Option<u64>) -> F,
         F: Future<Output = Local<V>>,
     {
+        observe::in_flight_span!(self.config, key, {
+            self.exchange(key, fencing, load, fail).await
+        })
+    }
+
+    /// [`fly`](Self::fly)'s exchange with Redis.
+    async fn exchange<V, C, F>(
+        self: &Arc<Self>,
+        key: &str,
+        fencing: Fencing,
+        load: C,
+        fail: bool,
+    ) -> Local<V>
+    where
+        V: Serialize + DeserializeOwned,
+        C: FnOnce(Option<u64>) -> F,
+        F: Future<Output = Local<V>>,
+    {
         if let Some(error) = self.health.resting() {
-            return self.without_redis(load, fail, error).await;
+            return self
+                .without_redis(load, fail, error, Fallback::Resting)
+                .await;
         }
         let names = Names::new(&self.namespace, key);
         let config = &self.config;
@@ -93,6 +114,8 @@ impl Link {
         let hints = self.notifier.register(names.tag());
         // The flight this process waits on, and when Redis last said it held the lease.
         let mut waited: Option<(String, Instant)> = None;
+        // When this process began to wait on another's flight.
+        let mut waiting_since: Option<Instant> = None;
         loop {
             // The announcement of the end brought the value: no need to ask Redis. (A
             // payload that does not decode is asked for again, and counted, below.)
@@ -101,7 +124,7 @@ impl Link {
                     .take_payload(token)
                     .map(|payload| config.codec.open::<V>(token, &payload));
                 if let Some(Ok(value)) = heard {
-                    Counters::add(&self.counters.received);
+                    self.received(waiting_since);
                     return Ok(value);
                 }
             }
@@ -125,7 +148,9 @@ impl Link {
                         release.disarm();
                     }
                     self.health.failed(&error, &self.counters);
-                    return self.without_redis(load, fail, error).await;
+                    return self
+                        .without_redis(load, fail, error, Fallback::RedisError)
+                        .await;
                 }
                 Ok(Acquired::Hold(token)) => {
                     self.health.answered();
@@ -133,8 +158,13 @@ impl Link {
                     // published since Redis last said it held the lease, the value would
                     // still be kept (for `retention`), and this acquire would have got it.
                     if waited.is_some_and(|(_, seen)| seen.elapsed() < config.retention()) {
-                        Counters::add(&self.counters.takeovers);
+                        self.counters.took_over();
+                        observe::event!(config.name, "took over a flight whose holder went away");
                     }
+                    if let Some(since) = waiting_since {
+                        self.counters.waited(since);
+                    }
+                    observe::role!("holder");
                     drop(hints);
                     return self.hold(&names, token, release, load).await;
                 }
@@ -144,11 +174,14 @@ impl Link {
                     let (token, _) = waited.take().expect("a value is only handed to a waiter");
                     match config.codec.open::<V>(&token, &payload) {
                         Ok(value) => {
-                            Counters::add(&self.counters.received);
+                            self.received(waiting_since);
                             return Ok(value);
                         }
                         // A miss: the next round starts a flight of its own.
-                        Err(_) => Counters::add(&self.counters.undecodable),
+                        Err(_error) => {
+                            self.counters.undecodable();
+                            observe::event!(config.name, error = %_error, "a payload did not decode: a miss");
+                        }
                     }
                 }
                 Ok(Acquired::Wait(holder)) => {
@@ -159,7 +192,15 @@ impl Link {
                         deadline.saturating_duration_since(now)
                     });
                     if left.is_zero() {
-                        return self.load_alone(load, None).await;
+                        if let Some(since) = waiting_since {
+                            self.counters.waited(since);
+                        }
+                        observe::event!(config.name, "waited max_wait: loading without the fleet");
+                        return self.load_alone(load, Fallback::MaxWait).await;
+                    }
+                    if waiting_since.is_none() {
+                        waiting_since = Some(now);
+                        observe::role!("waiter");
                     }
                     waited = Some((holder, now));
                     self.notifier.subscribe();
@@ -184,7 +225,7 @@ impl Link {
         C: FnOnce(Option<u64>) -> F,
         F: Future<Output = Local<V>>,
     {
-        Counters::add(&self.counters.loads);
+        self.counters.loaded();
         let load = load(fence_of(&token));
         // Renewed by the keeper's thread while the load runs.
         let holding = self.keeper.hold(names, &token);
@@ -194,7 +235,7 @@ impl Link {
             Ok(value) => match self.config.codec.seal(&token, value) {
                 Ok(payload) if payload.len() <= self.config.max_value_size => Some(payload),
                 Ok(_) => {
-                    Counters::add(&self.counters.oversized);
+                    self.counters.oversized();
                     None
                 }
                 Err(_) => None,
@@ -215,7 +256,11 @@ impl Link {
                     release.disarm();
                     self.health.answered();
                     if !published {
-                        Counters::add(&self.counters.late_publishes);
+                        self.counters.late_publish();
+                        observe::event!(
+                            self.config.name,
+                            "a late publish was rejected: the lease had passed to another flight"
+                        );
                     }
                 }
                 // The publish may not have taken effect: `release` stays armed.
@@ -227,7 +272,13 @@ impl Link {
 
     /// Without the fleet: the load runs here for this process's callers only, or, for a
     /// `try_work_or_fail` flight, its callers get the [`FleetError`].
-    async fn without_redis<V, C, F>(&self, load: C, fail: bool, error: FleetError) -> Local<V>
+    async fn without_redis<V, C, F>(
+        &self,
+        load: C,
+        fail: bool,
+        error: FleetError,
+        reason: Fallback,
+    ) -> Local<V>
     where
         C: FnOnce(Option<u64>) -> F,
         F: Future<Output = Local<V>>,
@@ -235,18 +286,32 @@ impl Link {
         if fail {
             Err(Arc::new(RedisFailed(error)))
         } else {
-            self.load_alone(load, None).await
+            self.load_alone(load, reason).await
         }
     }
 
-    async fn load_alone<V, C, F>(&self, load: C, fence: Option<u64>) -> Local<V>
+    /// The load, in this process only, without a fencing number (none can be trusted).
+    async fn load_alone<V, C, F>(&self, load: C, reason: Fallback) -> Local<V>
     where
         C: FnOnce(Option<u64>) -> F,
         F: Future<Output = Local<V>>,
     {
-        Counters::add(&self.counters.fallbacks);
-        Counters::add(&self.counters.loads);
-        load(fence).await
+        self.counters.fell_back(reason);
+        observe::role!("degraded");
+        observe::event!(
+            self.config.name,
+            reason = reason.label(),
+            "loading without the fleet"
+        );
+        load(None).await
+    }
+
+    /// A value came from another process's flight.
+    fn received(&self, waiting_since: Option<Instant>) {
+        self.counters.received();
+        if let Some(since) = waiting_since {
+            self.counters.waited(since);
+        }
     }
 }
 

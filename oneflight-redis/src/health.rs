@@ -16,6 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::FleetError;
+use crate::observe;
 use crate::stats::Counters;
 
 /// Failed commands in a row, without an answer from Redis, after which a process rests.
@@ -25,6 +26,9 @@ const REST_AFTER: u32 = 2;
 #[derive(Debug)]
 pub(crate) struct Health {
     namespace: String,
+    /// The fleet's name, for events.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) name: String,
     retry_after: Duration,
     /// Commands in a row that Redis did not answer.
     streak: AtomicU32,
@@ -43,9 +47,10 @@ enum Rest {
 }
 
 impl Health {
-    pub(crate) fn new(namespace: &str, retry_after: Duration) -> Self {
+    pub(crate) fn new(namespace: &str, name: &str, retry_after: Duration) -> Self {
         Health {
             namespace: namespace.to_owned(),
+            name: name.to_owned(),
             retry_after,
             streak: AtomicU32::new(0),
             maybe_resting: AtomicBool::new(false),
@@ -63,6 +68,7 @@ impl Health {
         if self.maybe_resting.load(Ordering::Acquire) {
             *self.rest.lock().unwrap_or_else(PoisonError::into_inner) = Rest::No;
             self.maybe_resting.store(false, Ordering::Release);
+            observe::event!(self.name, "redis answered again: the fleet uses it");
         }
     }
 
@@ -77,7 +83,13 @@ impl Health {
                 let until = Instant::now().checked_add(self.retry_after);
                 *self.rest.lock().unwrap_or_else(PoisonError::into_inner) =
                     Rest::Until(until, error.clone());
-                self.maybe_resting.store(true, Ordering::Release);
+                if !self.maybe_resting.swap(true, Ordering::AcqRel) {
+                    observe::event!(
+                        self.name,
+                        %error,
+                        "redis did not answer twice in a row: new flights go without it for a while"
+                    );
+                }
             }
             return;
         }

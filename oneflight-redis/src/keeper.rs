@@ -38,6 +38,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::health::Health;
+use crate::observe;
 use crate::stats::Counters;
 use crate::store::{Names, Transport};
 
@@ -268,6 +269,7 @@ impl Duty {
                 // Lost: the publish will be rejected.
                 Ok(false) => {
                     self.health.answered();
+                    observe::event!(self.health.name, "a lease was lost while its load ran");
                     (None, false)
                 }
                 Err(error) => {

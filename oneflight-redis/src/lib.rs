@@ -175,6 +175,7 @@ mod flight;
 mod health;
 mod keeper;
 mod notify;
+mod observe;
 mod runtime;
 mod stats;
 mod store;

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 
 use crate::builder::Config;
 use crate::store::{Acquired, Names, Transport, nonce_of};
-use crate::{Codec, Fleet, FleetError, FleetErrorKind};
+use crate::{Fleet, FleetError, FleetErrorKind};
 
 /// A tiny deterministic generator, seeded per run.
 struct Rng(u64);
@@ -350,7 +350,7 @@ fn config(lease: Duration) -> Config {
         command_timeout: Duration::from_millis(500),
         retry_redis_after: Duration::from_millis(10),
         max_value_size: 1024,
-        codec: Codec::Postcard,
+        ..Config::default()
     }
 }
 

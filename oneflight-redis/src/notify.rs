@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use crate::health::Health;
+use crate::observe;
 use crate::stats::Counters;
 use crate::store::parse_announcement;
 use crate::{FleetError, runtime};
@@ -200,6 +201,8 @@ impl Drop for Registration {
 /// The subscriber task: subscribes, wakes waiters, pings, resubscribes after a lost or
 /// silent connection. Ends once the fleet is gone (checked at every ping).
 async fn subscriber(notifier: Weak<Notifier>, _running: Running) {
+    // Whether a connection was lost or went silent: the next one replaces it.
+    let mut replacing = false;
     loop {
         let Some((client, channel, command_timeout, retry_after)) = notifier.upgrade().map(|n| {
             (
@@ -231,9 +234,15 @@ async fn subscriber(notifier: Weak<Notifier>, _running: Running) {
         };
         if let Some((mut sink, mut messages)) = subscribed {
             match notifier.upgrade() {
-                Some(notifier) => notifier.wake_all(),
+                Some(notifier) => {
+                    if replacing {
+                        observe::event!(notifier.health.name, "replaced the pub/sub connection");
+                    }
+                    notifier.wake_all();
+                }
                 None => return,
             }
+            replacing = true;
             loop {
                 let heard = {
                     let next = pin!(messages.next());
