@@ -1,0 +1,154 @@
+//! What a fleet emits with the `tracing` and `metrics` features, against a real
+//! `redis-server`: the counters after a known sequence of calls, and the spans of a
+//! holder's and a waiter's flight.
+#![cfg(all(feature = "tracing", feature = "metrics"))]
+
+mod common;
+
+use common::*;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use oneflight_redis::{Fleet, redis};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::{Layer, Registry};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn build(client: redis::Client, name: &str) -> oneflight_redis::FleetBuilder<String> {
+    Fleet::builder(client, "observed")
+        .name(name)
+        .lease(Duration::from_secs(10))
+        .poll_interval(Duration::from_millis(50))
+}
+
+/// `holder` loads `key` for `load_ms`; `waiter` asks for it 30 ms later.
+async fn flight(holder: &Fleet<String>, waiter: &Fleet<String>, key: &str, load_ms: u64) -> (String, String) {
+    tokio::join!(
+        holder.work(key, async move {
+            tokio::time::sleep(Duration::from_millis(load_ms)).await;
+            "held".to_owned()
+        }),
+        async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            waiter.work(key, async { "alone".to_owned() }).await
+        }
+    )
+}
+
+#[test]
+fn fleet_metrics_after_a_known_sequence_of_calls() {
+    let Some(server) = server() else { return };
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        runtime().block_on(async {
+            let holder = build(server.client(), "holder").build();
+            let waiter = build(server.client(), "waiter").max_wait(Duration::from_millis(200)).build();
+            // Received from the holder's flight.
+            assert_eq!(flight(&holder, &waiter, "a", 100).await, ("held".into(), "held".into()));
+            // The holder is slower than the waiter's max_wait: the waiter loads alone.
+            assert_eq!(flight(&holder, &waiter, "b", 600).await, ("held".into(), "alone".into()));
+            // Redis unreachable: a load without the fleet, and the error by kind.
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let down: Fleet<String> = build(redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap(), "down").build();
+            assert_eq!(down.work("c", async { "alone".to_owned() }).await, "alone");
+        })
+    });
+    let mut values: BTreeMap<String, u64> = BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        let value = match value {
+            DebugValue::Counter(n) => n,
+            DebugValue::Histogram(samples) => samples.len() as u64,
+            DebugValue::Gauge(_) => continue,
+        };
+        if value > 0 {
+            values.insert(name, value);
+        }
+    }
+    let expected: BTreeMap<String, u64> = [
+        // The fleet tier ...
+        ("oneflight_fleet_loads_total{fleet=holder}", 2),
+        ("oneflight_fleet_loads_total{fleet=waiter}", 1),
+        ("oneflight_fleet_received_total{fleet=waiter}", 1),
+        ("oneflight_fleet_fallbacks_total{fleet=waiter,reason=max_wait}", 1),
+        ("oneflight_fleet_wait_seconds{fleet=waiter}", 2),
+        ("oneflight_fleet_loads_total{fleet=down}", 1),
+        ("oneflight_fleet_fallbacks_total{fleet=down,reason=redis_error}", 1),
+        ("oneflight_fleet_redis_errors_total{fleet=down,kind=disconnected}", 1),
+        // ... and its in-process groups, named after the fleets.
+        ("oneflight_flights_total{group=holder}", 2),
+        ("oneflight_flights_total{group=waiter}", 2),
+        ("oneflight_flights_total{group=down}", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(values, expected);
+}
+
+/// Every span's fields, as recorded (later records override).
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Spans {
+    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, _: Context<'_, S>) {
+        let mut fields = BTreeMap::from([("name".to_owned(), attrs.metadata().name().to_owned())]);
+        attrs.record(&mut Fields(&mut fields));
+        let mut spans = self.0.lock().unwrap();
+        let at = id.into_u64() as usize - 1;
+        if spans.len() <= at {
+            spans.resize(at + 1, BTreeMap::new());
+        }
+        spans[at] = fields;
+    }
+    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, _: Context<'_, S>) {
+        if let Some(fields) = self.0.lock().unwrap().get_mut(id.into_u64() as usize - 1) {
+            values.record(&mut Fields(fields));
+        }
+    }
+}
+
+#[test]
+fn fleet_spans_name_the_role_and_the_key_unless_told_not_to() {
+    let Some(server) = server() else { return };
+    let spans = Spans::default();
+    let subscriber = Registry::default().with(spans.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        runtime().block_on(async {
+            let holder = build(server.client(), "holder").build();
+            let waiter = build(server.client(), "waiter").record_keys(false).build();
+            flight(&holder, &waiter, "user:7", 100).await;
+        })
+    });
+    let spans = spans.0.lock().unwrap();
+    let fleet: Vec<&BTreeMap<String, String>> = spans.iter().filter(|s| s.contains_key("fleet")).collect();
+    assert_eq!(fleet.len(), 2, "one span per flight of each process: {spans:#?}");
+    let holder = fleet.iter().find(|s| s["fleet"] == "holder").unwrap();
+    let waiter = fleet.iter().find(|s| s["fleet"] == "waiter").unwrap();
+    assert_eq!((holder["role"].as_str(), holder["key"].as_str()), ("holder", "user:7"));
+    assert_eq!(waiter["role"], "waiter");
+    assert!(!waiter.contains_key("key"), "record_keys(false): {waiter:?}");
+    // The core's span of each caller (the fleet's runner in each process) is there too.
+    let core: Vec<&BTreeMap<String, String>> = spans.iter().filter(|s| s.contains_key("group")).collect();
+    assert_eq!(core.len(), 2, "{spans:#?}");
+    assert!(core.iter().all(|s| s["name"] == "oneflight.flight" && s["role"] == "runner"));
+}
