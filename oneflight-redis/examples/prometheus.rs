@@ -30,7 +30,11 @@ fn main() {
             .build()
     };
     let (api, worker) = (fleet("api", 30_000), fleet("worker", 150));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         for (key, load_ms) in [("user:1", 50), ("user:2", 50), ("user:3", 400)] {
             let load = |who: &'static str| async move {
@@ -38,10 +42,12 @@ fn main() {
                 format!("{key} loaded by {who}")
             };
             // 100 callers on each side; the api process starts first and holds the key.
-            let api_calls = futures_util::future::join_all((0..100).map(|_| api.work(key, load("api"))));
+            let api_calls =
+                futures_util::future::join_all((0..100).map(|_| api.work(key, load("api"))));
             let worker_calls = async {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                futures_util::future::join_all((0..100).map(|_| worker.work(key, load("worker")))).await
+                futures_util::future::join_all((0..100).map(|_| worker.work(key, load("worker"))))
+                    .await
             };
             let (a, w) = tokio::join!(api_calls, worker_calls);
             println!("# {key}: api got {:?}, worker got {:?}", a[0], w[0]);

@@ -16,7 +16,10 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn build(client: redis::Client, name: &str) -> oneflight_redis::FleetBuilder<String> {
@@ -27,7 +30,12 @@ fn build(client: redis::Client, name: &str) -> oneflight_redis::FleetBuilder<Str
 }
 
 /// `holder` loads `key` for `load_ms`; `waiter` asks for it 30 ms later.
-async fn flight(holder: &Fleet<String>, waiter: &Fleet<String>, key: &str, load_ms: u64) -> (String, String) {
+async fn flight(
+    holder: &Fleet<String>,
+    waiter: &Fleet<String>,
+    key: &str,
+    load_ms: u64,
+) -> (String, String) {
     tokio::join!(
         holder.work(key, async move {
             tokio::time::sleep(Duration::from_millis(load_ms)).await;
@@ -48,21 +56,40 @@ fn fleet_metrics_after_a_known_sequence_of_calls() {
     metrics::with_local_recorder(&recorder, || {
         runtime().block_on(async {
             let holder = build(server.client(), "holder").build();
-            let waiter = build(server.client(), "waiter").max_wait(Duration::from_millis(200)).build();
+            let waiter = build(server.client(), "waiter")
+                .max_wait(Duration::from_millis(200))
+                .build();
             // Received from the holder's flight.
-            assert_eq!(flight(&holder, &waiter, "a", 100).await, ("held".into(), "held".into()));
+            assert_eq!(
+                flight(&holder, &waiter, "a", 100).await,
+                ("held".into(), "held".into())
+            );
             // The holder is slower than the waiter's max_wait: the waiter loads alone.
-            assert_eq!(flight(&holder, &waiter, "b", 600).await, ("held".into(), "alone".into()));
+            assert_eq!(
+                flight(&holder, &waiter, "b", 600).await,
+                ("held".into(), "alone".into())
+            );
             // Redis unreachable: a load without the fleet, and the error by kind.
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let down: Fleet<String> = build(redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap(), "down").build();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let down: Fleet<String> = build(
+                redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap(),
+                "down",
+            )
+            .build();
             assert_eq!(down.work("c", async { "alone".to_owned() }).await, "alone");
         })
     });
     let mut values: BTreeMap<String, u64> = BTreeMap::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let (_, key) = key.into_parts();
-        let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
         let name = format!("{}{{{}}}", key.name(), labels.join(","));
         let value = match value {
             DebugValue::Counter(n) => n,
@@ -78,11 +105,20 @@ fn fleet_metrics_after_a_known_sequence_of_calls() {
         ("oneflight_fleet_loads_total{fleet=holder}", 2),
         ("oneflight_fleet_loads_total{fleet=waiter}", 1),
         ("oneflight_fleet_received_total{fleet=waiter}", 1),
-        ("oneflight_fleet_fallbacks_total{fleet=waiter,reason=max_wait}", 1),
+        (
+            "oneflight_fleet_fallbacks_total{fleet=waiter,reason=max_wait}",
+            1,
+        ),
         ("oneflight_fleet_wait_seconds{fleet=waiter}", 2),
         ("oneflight_fleet_loads_total{fleet=down}", 1),
-        ("oneflight_fleet_fallbacks_total{fleet=down,reason=redis_error}", 1),
-        ("oneflight_fleet_redis_errors_total{fleet=down,kind=disconnected}", 1),
+        (
+            "oneflight_fleet_fallbacks_total{fleet=down,reason=redis_error}",
+            1,
+        ),
+        (
+            "oneflight_fleet_redis_errors_total{fleet=down,kind=disconnected}",
+            1,
+        ),
         // ... and its in-process groups, named after the fleets.
         ("oneflight_flights_total{group=holder}", 2),
         ("oneflight_flights_total{group=waiter}", 2),
@@ -110,7 +146,12 @@ impl Visit for Fields<'_> {
 }
 
 impl<S: tracing::Subscriber> Layer<S> for Spans {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, _: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: Context<'_, S>,
+    ) {
         let mut fields = BTreeMap::from([("name".to_owned(), attrs.metadata().name().to_owned())]);
         attrs.record(&mut Fields(&mut fields));
         let mut spans = self.0.lock().unwrap();
@@ -120,7 +161,12 @@ impl<S: tracing::Subscriber> Layer<S> for Spans {
         }
         spans[at] = fields;
     }
-    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, _: Context<'_, S>) {
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: Context<'_, S>,
+    ) {
         if let Some(fields) = self.0.lock().unwrap().get_mut(id.into_u64() as usize - 1) {
             values.record(&mut Fields(fields));
         }
@@ -140,15 +186,30 @@ fn fleet_spans_name_the_role_and_the_key_unless_told_not_to() {
         })
     });
     let spans = spans.0.lock().unwrap();
-    let fleet: Vec<&BTreeMap<String, String>> = spans.iter().filter(|s| s.contains_key("fleet")).collect();
-    assert_eq!(fleet.len(), 2, "one span per flight of each process: {spans:#?}");
+    let fleet: Vec<&BTreeMap<String, String>> =
+        spans.iter().filter(|s| s.contains_key("fleet")).collect();
+    assert_eq!(
+        fleet.len(),
+        2,
+        "one span per flight of each process: {spans:#?}"
+    );
     let holder = fleet.iter().find(|s| s["fleet"] == "holder").unwrap();
     let waiter = fleet.iter().find(|s| s["fleet"] == "waiter").unwrap();
-    assert_eq!((holder["role"].as_str(), holder["key"].as_str()), ("holder", "user:7"));
+    assert_eq!(
+        (holder["role"].as_str(), holder["key"].as_str()),
+        ("holder", "user:7")
+    );
     assert_eq!(waiter["role"], "waiter");
-    assert!(!waiter.contains_key("key"), "record_keys(false): {waiter:?}");
+    assert!(
+        !waiter.contains_key("key"),
+        "record_keys(false): {waiter:?}"
+    );
     // The core's span of each caller (the fleet's runner in each process) is there too.
-    let core: Vec<&BTreeMap<String, String>> = spans.iter().filter(|s| s.contains_key("group")).collect();
+    let core: Vec<&BTreeMap<String, String>> =
+        spans.iter().filter(|s| s.contains_key("group")).collect();
     assert_eq!(core.len(), 2, "{spans:#?}");
-    assert!(core.iter().all(|s| s["name"] == "oneflight.flight" && s["role"] == "runner"));
+    assert!(
+        core.iter()
+            .all(|s| s["name"] == "oneflight.flight" && s["role"] == "runner")
+    );
 }

@@ -24,6 +24,11 @@
 //!   lookup under a lock.
 //!
 //! A counting global allocator measures heap bytes per waiting caller.
+//!
+//! Last, the cost of the observability features: the uncontended call with String keys,
+//! in interleaved rounds, built plain, with `tracing` on (no subscriber) and with
+//! `metrics` on (no recorder), from the same source (`bench/traced`, `bench/metered`).
+//! `cargo bench --bench peers -- observability` runs only that.
 
 #[macro_use]
 mod peers;
@@ -91,6 +96,10 @@ criterion_group! {
 }
 
 fn main() {
+    if std::env::args().any(|arg| arg == "observability") {
+        observability_cost(interleaved_observability(&string_keys()));
+        return;
+    }
     STARTED.get_or_init(std::time::SystemTime::now);
     peers();
     Criterion::default().configure_from_args().final_summary();
@@ -116,4 +125,5 @@ fn main() {
         chan_receiver,
     };
     summary(&executions, &heap, do_chan_follower_bytes(), &interleaved);
+    observability_cost(interleaved_observability(&string_keys()));
 }

@@ -38,22 +38,31 @@ where
 {
 }
 
-impl<Q> Peer<Q> for oneflight::Group<Q::Owned, u64>
-where
-    Q: ?Sized + Key,
-    Q::Owned: std::hash::Hash + Eq + std::borrow::Borrow<Q> + Send + Sync + 'static,
-{
-    const NAME: &'static str = "oneflight";
-    fn create() -> Self {
-        oneflight::Group::new()
-    }
-    fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
-    where
-        F: Future<Output = u64> + Send + 'static,
-    {
-        self.work(key, fut)
-    }
+/// `Peer` for a `Group` of the core crate `$krate` (the plain build, or one of the
+/// builds with an observability feature on), named `$name`.
+macro_rules! oneflight_peer {
+    ($krate:ident, $name:literal) => {
+        impl<Q> Peer<Q> for $krate::Group<Q::Owned, u64>
+        where
+            Q: ?Sized + Key,
+            Q::Owned: std::hash::Hash + Eq + std::borrow::Borrow<Q> + Send + Sync + 'static,
+        {
+            const NAME: &'static str = $name;
+            fn create() -> Self {
+                $krate::Group::new()
+            }
+            fn call<'a, F>(&'a self, key: &'a Q, fut: F) -> impl Future<Output = u64> + Send + 'a
+            where
+                F: Future<Output = u64> + Send + 'static,
+            {
+                self.work(key, fut)
+            }
+        }
+    };
 }
+oneflight_peer!(oneflight, "oneflight");
+oneflight_peer!(oneflight_traced, "oneflight, tracing on, no subscriber");
+oneflight_peer!(oneflight_metered, "oneflight, metrics on, no recorder");
 
 impl<Q> Peer<Q> for singleflight_async::SingleFlight<Q::Owned, u64>
 where

@@ -348,3 +348,22 @@ pub(crate) fn summary(
         }
     }
 }
+
+/// Prints the cost of the observability features: `[plain, tracing, metrics]` ns per
+/// uncontended call.
+pub(crate) fn observability_cost([plain, traced, metered]: [f64; 3]) {
+    println!(
+        "\n## The observability features, uncontended call, String keys (interleaved medians)\n"
+    );
+    println!("| build | ns/call | / plain | target |");
+    println!("|---|---|---|---|");
+    println!("| plain (features off) | {plain:.1} | 1.00x | |");
+    println!(
+        "| `tracing` on, no subscriber | {traced:.1} | **{:.2}x** | <= 1.05x |",
+        traced / plain
+    );
+    println!(
+        "| `metrics` on, no recorder | {metered:.1} | **{:.2}x** | <= 1.05x |",
+        metered / plain
+    );
+}

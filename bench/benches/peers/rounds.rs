@@ -135,3 +135,18 @@ pub(crate) fn interleaved_uncontended(batches: [Batch; 5]) -> Vec<f64> {
         batch_ns(&rt, batch, UNCONTENDED_CALLS, 1) / UNCONTENDED_CALLS as f64
     })
 }
+
+/// Uncontended per call with String keys, in interleaved rounds: the plain build, then
+/// with `tracing` on and no subscriber, then with `metrics` on and no recorder.
+pub(crate) fn interleaved_observability(keys: &Arc<Vec<Box<str>>>) -> [f64; 3] {
+    let batches: Vec<Batch> = vec![
+        uncontended_batch::<str, oneflight::Group<String, u64>>(keys),
+        uncontended_batch::<str, oneflight_traced::Group<String, u64>>(keys),
+        uncontended_batch::<str, oneflight_metered::Group<String, u64>>(keys),
+    ];
+    let rt = runtime();
+    let medians = interleaved(&batches, |batch| {
+        batch_ns(&rt, batch, UNCONTENDED_CALLS, 1) / UNCONTENDED_CALLS as f64
+    });
+    [medians[0], medians[1], medians[2]]
+}
