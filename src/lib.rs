@@ -123,6 +123,24 @@
 //! `do_chan_with`. Everything else, [`do_chan_with`](Group::do_chan_with) included, needs
 //! no runtime and works on any executor, local and `!Send` ones included.
 //!
+//! Two more features, off by default, change nothing when off (same code, same
+//! dependencies):
+//!
+//! - `tracing`: a `oneflight.flight` span (level `debug`) per `work`/`try_work` caller
+//!   and per `do_chan` task, with the group's `group` name (see [`Group::named`]) and the
+//!   caller's `role`: `runner`, `joined`, or `joined` then `takeover`; `debug` events for
+//!   a takeover, an outcome shared with other callers (`panicked` says whether it was a
+//!   panic), a re-entrant call refused. Keys are not recorded (they are of any type).
+//! - `metrics`: `oneflight_flights_total`, `oneflight_joined_total`,
+//!   `oneflight_takeovers_total`, `oneflight_panics_total`, `oneflight_forgotten_total`
+//!   (as [`Stats`]) and the histogram `oneflight_wait_seconds` (each joined caller's
+//!   wait), labelled `group` with the group's name (empty if unnamed), never with keys.
+//!   Handles are registered at a group's first use: install your recorder before.
+//!
+//! With no subscriber and no recorder installed, an uncontended `work` costs the same
+//! with either feature on (0.98x and 0.95x-1.01x of the plain build, measured side by
+//! side by the peers bench).
+//!
 //! # When not to use it
 //!
 //! A singleflight shares work that is in flight *now*; it is not a cache. To keep values

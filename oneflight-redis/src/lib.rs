@@ -154,6 +154,17 @@
 //!   Tokio runtime (with timers enabled).
 //! - `smol`: its `smol-comp`; smol's reactor also serves async-std programs. With both on,
 //!   Tokio is used inside a Tokio runtime, smol elsewhere, as the `redis` crate does.
+//! - `tracing`: a `oneflight.flight` span (level `debug`) per flight of the process, with
+//!   the fleet's `fleet` name (the builder's `name`, by default the namespace), the `key`
+//!   (unless `record_keys(false)`) and the `role` (`holder`, `waiter`, `degraded`), and
+//!   `debug` events: takeover, `max_wait` reached, undecodable payload, late publish
+//!   rejected, lease lost, Redis resting and back, pub/sub connection replaced.
+//! - `metrics`: the counts of [`FleetStats`] through the `metrics` facade, labelled
+//!   `fleet` (and `reason` or `kind`), never with keys, and the histogram
+//!   `oneflight_fleet_wait_seconds`; see the crate README for the list. Install the
+//!   recorder before the fleet's first call.
+//!
+//! Both turn on the core's feature of the same name, and change nothing when off.
 
 #![forbid(unsafe_code)]
 #![warn(
