@@ -26,9 +26,10 @@ use crate::builder::Config;
 use crate::flight::{Fencing, Link, Local, RedisFailed, Shared};
 use crate::health::Health;
 use crate::keeper::Keeper;
+use crate::names;
 use crate::notify::Notifier;
 use crate::stats::Counters;
-use crate::store::{self, Store, Transport};
+use crate::store::{Store, Transport};
 use crate::{FleetBuilder, FleetStats, WorkError};
 
 /// One namespace of flights shared by every process that uses the same Redis and
@@ -109,7 +110,7 @@ impl<V> Fleet<V> {
         ));
         let notifier = Notifier::new(
             hints,
-            store::channel(namespace),
+            names::channel(namespace),
             config.command_timeout,
             config.retry_redis_after,
             counters.clone(),

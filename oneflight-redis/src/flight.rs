@@ -29,10 +29,11 @@ use std::time::{Duration, Instant};
 use crate::builder::Config;
 use crate::health::Health;
 use crate::keeper::Keeper;
+use crate::names::{self, Names, fence_of, nonce_of};
 use crate::notify::Notifier;
 use crate::observe;
 use crate::stats::{Counters, Fallback};
-use crate::store::{self, Acquired, Names, Transport, fence_of, nonce_of};
+use crate::store::{Acquired, Transport};
 use crate::{FleetError, runtime};
 
 /// An error shared between the callers of one flight in this process, of the type its
@@ -130,7 +131,7 @@ impl Link {
             }
             // Listen before asking, so that an end announced after the answer wakes us.
             let listener = hints.listen();
-            let nonce = store::nonce();
+            let nonce = names::nonce();
             // Armed while the acquire is in flight: it may take the lease even if its
             // reply never reaches us.
             let release = Release::new(&self.keeper, &names, &nonce);

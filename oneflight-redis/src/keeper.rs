@@ -38,9 +38,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::health::Health;
+use crate::names::Names;
 use crate::observe;
 use crate::stats::Counters;
-use crate::store::{Names, Transport};
+use crate::store::Transport;
 
 /// How often a release that Redis did not answer is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(50);

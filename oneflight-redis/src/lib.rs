@@ -185,9 +185,11 @@ mod fleet;
 mod flight;
 mod health;
 mod keeper;
+mod names;
 mod notify;
 mod observe;
 mod runtime;
+mod scripts;
 mod stats;
 mod store;
 
@@ -203,5 +205,5 @@ mod model;
 /// Not API: the protocol's scripts, so that the fleet bench can time them bare.
 #[doc(hidden)]
 pub mod bench_support {
-    pub use crate::store::{ACQUIRE, PUBLISH};
+    pub use crate::scripts::{ACQUIRE, PUBLISH};
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 
 use crate::builder::Config;
-use crate::store::{Acquired, Names, Transport, nonce_of};
+use crate::names::{Names, nonce_of};
+use crate::store::{Acquired, Transport};
 use crate::{Fleet, FleetError, FleetErrorKind};
 
 /// A tiny deterministic generator, seeded per run.
@@ -254,7 +255,7 @@ impl Transport for Memory {
                         .values
                         .insert(names.value(token), (payload, Instant::now() + retention));
                     state.leases.remove(&names.lease());
-                    if let Some(fence) = crate::store::fence_of(token) {
+                    if let Some(fence) = crate::names::fence_of(token) {
                         state
                             .published
                             .insert((names.lease(), fence), Instant::now());

@@ -26,9 +26,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use crate::health::Health;
+use crate::names::parse_announcement;
 use crate::observe;
 use crate::stats::Counters;
-use crate::store::parse_announcement;
 use crate::{FleetError, runtime};
 
 /// How often the subscriber checks its connection with a `PING`, and whether the fleet

@@ -1,132 +1,16 @@
-//! The transport: the Redis keys of a flight, the Lua scripts that change them, and the
-//! connections every command goes through. Every command has a timeout.
-//!
-//! A flight of `key` in namespace `ns` is named by its tag
-//! `{<bytes in ns>:<ns><bytes in key>:<key>}`: length-prefixed, so that no two
-//! (namespace, key) pairs share a tag whatever characters they hold (`"a"` + `"b:c"` and
-//! `"a:b"` + `"c"` are `{1:a3:b:c}` and `{3:a:b1:c}`). Its keys share that prefix, so a
-//! Redis Cluster keeps them on one slot (the hash tag is never empty: it starts with a
-//! digit):
-//!
-//! - `oneflight:TAG:lease`: the holder's token, with the lease as its TTL;
-//! - `oneflight:TAG:value:TOKEN`: the value published by the flight `TOKEN`, kept one
-//!   lease plus one poll interval so that polling waiters find it, then gone;
-//! - `oneflight:TAG:fence`: the last fencing number handed out for the key, kept for a
-//!   day; only keys loaded with `work_fenced` have one (see [`ACQUIRE`]);
-//! - `oneflight:TAG:void:NONCE`: a nonce whose lease was released, kept one lease, so
-//!   that an acquire with it that runs late takes nothing (see [`RELEASE`]).
-//!
-//! Ends of flights (published or released) are announced on the namespace's channel
-//! `oneflight:<bytes in ns>:<ns>:done` as `TOKEN TAG_LEN:TAG[ PAYLOAD]`: a hint only.
-//!
-//! Tokens are `NONCE` or, for a fenced flight, `FENCE-NONCE`, the nonce chosen by the
-//! caller before it sends the acquire: if the reply is lost (a timeout, a cancelled
-//! caller, a dropped connection), the caller still knows which lease it may have taken,
-//! and has it released by nonce ([`RELEASE`]).
-
+//! The transport: the protocol's operations ([`Transport`]), and on Redis ([`Store`]) the
+//! connections every command goes through, the scripts of [`crate::scripts`] sent on
+//! them. Every command has a timeout.
 use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::names::Names;
 use crate::runtime;
+use crate::scripts::{ACQUIRE, PUBLISH, RELEASE, RENEW};
 use crate::{FleetError, FleetErrorKind};
-
-/// Takes the lease, or says who holds it, or (for a waiter) hands over the value of the
-/// flight it waited on. One script, so that a waiter's check and its takeover are one
-/// round trip and atomic: a lease that expires between a `GET` and a `SET NX` cannot let
-/// two waiters both believe they took over.
-///
-/// A value larger than `ARGV[6]` bytes is not returned inline: the reply says its size,
-/// and the waiter fetches it on the connection for large transfers.
-///
-/// A nonce that the release script has voided takes no lease: an acquire whose caller gave up
-/// (its reply lost to a timeout) may still run later, when a stalled Redis resumes, and
-/// possibly after the release that was meant for it.
-///
-/// A fenced flight's token starts with its fencing number, which grows with each fenced
-/// flight of a key: the larger of the last one plus one and the server's clock in
-/// microseconds, so that it keeps growing even after the fence key expired (a day after
-/// the key's last fenced flight). An unfenced flight's token is the nonce alone: it
-/// neither reads nor writes the fence key, so callers who do not fence pay for neither.
-///
-/// KEYS: lease, fence, value of the waited flight (or any key when `ARGV[3]` is empty),
-/// the nonce's void mark.
-/// ARGV: lease ms, the caller's nonce, waited token or "", fence memory ms, '1' for a
-/// fenced flight, the largest value returned inline.
-/// Returns `{"value", payload}`, `{"large", size}`, `{"wait", holder's token}`,
-/// `{"hold", our token}` or `{"void", ""}`.
-pub const ACQUIRE: &str = r"
-if ARGV[3] ~= '' then
-  local size = redis.call('STRLEN', KEYS[3])
-  if size > tonumber(ARGV[6]) then return {'large', tostring(size)} end
-  if size > 0 then return {'value', redis.call('GET', KEYS[3])} end
-end
-local holder = redis.call('GET', KEYS[1])
-if holder then return {'wait', holder} end
-if redis.call('EXISTS', KEYS[4]) == 1 then return {'void', ''} end
-local token = ARGV[2]
-if ARGV[5] == '1' then
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-  local fence = string.format('%.0f', math.max(now, last + 1))
-  redis.call('SET', KEYS[2], fence, 'PX', ARGV[4])
-  token = fence .. '-' .. token
-end
-redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
-return {'hold', token}
-";
-
-/// Publishes a value only while the lease is still ours: compare-and-set, so that a holder
-/// paused past its lease cannot overwrite or announce over the flight that replaced it.
-///
-/// The announcement carries the payload too when `ARGV[5]` is '1' (a small value), so that
-/// a waiter that hears it needs no second round trip.
-///
-/// KEYS: lease, value of this flight. ARGV: token, payload, value retention ms, channel,
-/// '1' to announce the payload, the flight's `TAG_LEN:TAG`. Returns 1 when published, 0
-/// when the lease was no longer ours.
-pub const PUBLISH: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[1])
-local message = ARGV[1] .. ' ' .. ARGV[6]
-if ARGV[5] == '1' then message = message .. ' ' .. ARGV[2] end
-redis.call('PUBLISH', ARGV[4], message)
-return 1
-";
-
-/// Extends the lease only while it is ours (compare-and-expire): a late holder must not
-/// extend the lease of the flight that replaced it.
-///
-/// KEYS: lease. ARGV: token, lease ms. Returns 1 when renewed, 0 when lost.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-";
-
-/// Gives the lease up without a value (local callers gone, a panic, an error, a lost
-/// reply), only if it is still the one taken with this nonce (compare-and-delete), and
-/// wakes the waiters so that one takes over now. By nonce, not token: a caller whose
-/// acquire reply was lost knows its nonce but not the fencing number in its token.
-///
-/// It also voids the nonce for a lease: an acquire with this nonce that Redis has not run
-/// yet (queued while Redis stalled) will take no lease when it runs ([`ACQUIRE`]).
-///
-/// KEYS: lease, the nonce's void mark. ARGV: nonce, channel, the flight's `TAG_LEN:TAG`,
-/// lease ms. Returns 1 when released, 0 when not ours.
-const RELEASE: &str = r"
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
-local holder = redis.call('GET', KEYS[1])
-if not holder then return 0 end
-if holder ~= ARGV[1] and string.sub(holder, -(#ARGV[1] + 1)) ~= '-' .. ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], holder .. ' ' .. ARGV[3])
-return 1
-";
 
 /// Values up to this size ride along with the announcement of their flight's end; larger
 /// ones are fetched by each waiting process. Every subscriber of a namespace receives
@@ -160,64 +44,6 @@ pub(crate) enum Acquired {
     Wait(String),
     /// The flight waited on published this payload.
     Value(Vec<u8>),
-}
-
-/// The Redis names of one key's flights.
-#[derive(Debug, Clone)]
-pub(crate) struct Names {
-    /// `{<bytes in ns>:<ns><bytes in key>:<key>}`: injective, see the module docs.
-    tag: String,
-}
-
-impl Names {
-    pub(crate) fn new(namespace: &str, key: &str) -> Self {
-        Names {
-            tag: format!("{{{}:{namespace}{}:{key}}}", namespace.len(), key.len()),
-        }
-    }
-
-    pub(crate) fn lease(&self) -> String {
-        format!("oneflight:{}:lease", self.tag)
-    }
-    pub(crate) fn fence(&self) -> String {
-        format!("oneflight:{}:fence", self.tag)
-    }
-    pub(crate) fn value(&self, token: &str) -> String {
-        format!("oneflight:{}:value:{token}", self.tag)
-    }
-    pub(crate) fn void(&self, nonce: &str) -> String {
-        format!("oneflight:{}:void:{nonce}", self.tag)
-    }
-    /// The flight's tag, as announcements name it.
-    pub(crate) fn tag(&self) -> &str {
-        &self.tag
-    }
-    /// `TAG_LEN:TAG`, as announcements carry it.
-    fn announced(&self) -> String {
-        format!("{}:{}", self.tag.len(), self.tag)
-    }
-}
-
-/// The channel on which a namespace's ends of flights are announced.
-pub(crate) fn channel(namespace: &str) -> String {
-    format!("oneflight:{}:{namespace}:done", namespace.len())
-}
-
-/// Splits an announcement `TOKEN TAG_LEN:TAG[ PAYLOAD]`; `None` when malformed.
-pub(crate) fn parse_announcement(message: &[u8]) -> Option<(&str, &str, Option<&[u8]>)> {
-    let space = message.iter().position(|&b| b == b' ')?;
-    let token = std::str::from_utf8(&message[..space]).ok()?;
-    let rest = &message[space + 1..];
-    let colon = rest.iter().position(|&b| b == b':')?;
-    let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
-    let rest = &rest[colon + 1..];
-    let tag = std::str::from_utf8(rest.get(..len)?).ok()?;
-    let payload = match &rest[len..] {
-        [] => None,
-        [b' ', payload @ ..] => Some(payload),
-        _ => return None,
-    };
-    Some((token, tag, payload))
 }
 
 /// The protocol's operations: on Redis ([`Store`]), or in memory for the model test of
@@ -317,7 +143,7 @@ impl Store {
         Store {
             address: client.get_connection_info().addr().to_string().into(),
             client,
-            channel: channel(namespace),
+            channel: crate::names::channel(namespace),
             command_timeout,
             quick: Mutex::new(None),
             bulk: Mutex::new(None),
@@ -496,35 +322,11 @@ enum Reply {
     Large(usize),
 }
 
-/// The fencing number of a fenced flight's token (`FENCE-NONCE`); `None` for an unfenced
-/// flight's token (`NONCE`, no dash).
-pub(crate) fn fence_of(token: &str) -> Option<u64> {
-    let (fence, _) = token.split_once('-')?;
-    fence.parse().ok()
-}
-
-/// The nonce of a token: what [`RELEASE`] matches.
-pub(crate) fn nonce_of(token: &str) -> &str {
-    token.rsplit_once('-').map_or(token, |(_, nonce)| nonce)
-}
-
 /// A duration as Redis expiry milliseconds: at least 1, at most [`LONGEST_EXPIRY_MS`].
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .clamp(1, LONGEST_EXPIRY_MS)
-}
-
-/// A fresh nonce for a flight's token, from the standard library's randomly keyed hasher
-/// (no extra dependency): tokens must differ between processes and flights, not be
-/// secret.
-pub(crate) fn nonce() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let random =
-        RandomState::new().hash_one((COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id()));
-    format!("{random:016x}")
 }
 
 impl Transport for Store {
@@ -628,48 +430,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_never_mix_namespaces_and_keys() {
-        let odd = [
-            "", "a", "a:b", "b:c", "c", ":", "{", "}", "{}", "a b", "a\nb", "1:a", "é",
-        ];
-        let mut seen = std::collections::HashMap::new();
-        for namespace in odd {
-            for key in odd {
-                let lease = Names::new(namespace, key).lease();
-                if let Some(other) = seen.insert(lease.clone(), (namespace, key)) {
-                    panic!("{other:?} and {:?} share {lease}", (namespace, key));
-                }
-            }
-        }
-        assert_ne!(
-            Names::new("a", "b:c").lease(),
-            Names::new("a:b", "c").lease()
-        );
-        assert_ne!(channel("a"), channel("a:b"));
-    }
-
-    #[test]
-    fn announcements_parse_back() {
-        let names = Names::new("ns", "k e}y\n");
-        let mut message = format!("123-abc {}", names.announced()).into_bytes();
-        assert_eq!(
-            parse_announcement(&message),
-            Some(("123-abc", names.tag(), None))
-        );
-        message.extend(b" \x00payload");
-        assert_eq!(
-            parse_announcement(&message),
-            Some(("123-abc", names.tag(), Some(&b"\x00payload"[..])))
-        );
-        assert_eq!(parse_announcement(b"token 99:short"), None);
-    }
-
-    #[test]
-    fn nonces_and_fences_come_back_out_of_tokens() {
-        assert_eq!(nonce_of("12-abc"), "abc");
-        assert_eq!(nonce_of("abc"), "abc");
-        assert_eq!(fence_of("12-abc"), Some(12));
-        assert_eq!(fence_of("abc"), None);
+    fn expiries_are_clamped_for_redis() {
         assert_eq!(millis(Duration::MAX), LONGEST_EXPIRY_MS);
         assert_eq!(millis(Duration::ZERO), 1);
     }
