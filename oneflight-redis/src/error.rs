@@ -111,11 +111,19 @@ impl FleetError {
                 _ => FleetErrorKind::Disconnected,
             }
         };
+        // An answered error reads as Redis wrote it (`MOVED 14520 10.0.0.3:6379`).
+        let detail = match (kind, error.code(), error.detail()) {
+            (FleetErrorKind::Answered, Some(code), Some(detail)) => {
+                format!("Redis answered {code} {detail}")
+            }
+            (FleetErrorKind::Answered, Some(code), None) => format!("Redis answered {code}"),
+            _ => error.to_string(),
+        };
         FleetError {
             kind,
             address: address.into(),
             operation,
-            detail: error.to_string(),
+            detail,
             source: Some(error),
         }
     }

@@ -9,12 +9,13 @@
 //!   in flight (every rolling deploy) drops its tasks unrun: a release spawned on it would
 //!   never run, and every other replica would wait out a full lease per hot key.
 //!
-//! **Renewals.** A held lease is in [`Keeper::hold`]'s map while its load runs. The
-//! thread wakes every sixth of the lease. A lease taken or renewed at `s` is due at
-//! `s + L/3`, so it is renewed by `s + L/2`; after a failure it is due a sixth later. Each
-//! attempt is bounded by `L/6`. So after the last success at `s`, attempts start by
-//! `s + L/2`, `s + 2L/3` and `s + 5L/6`, and the last ends by `s + L`: two failed
-//! renewals in a row are survived. An uncontended call pays a map insert and removal.
+//! **Renewals.** A held lease is in [`Keeper::hold`]'s map while its load runs. A lease
+//! taken or renewed at `s` is due at `s + L/3`; after a failed attempt that began at `b`
+//! it is due again at `b + L/6`; each attempt is bounded by `L/6`; the thread wakes when
+//! the first lease is due (and every `L/6` at least, to see new ones). So after the last
+//! success at `s`, attempts start at `s + L/3`, `s + L/2` and `s + 2L/3`, and the fourth
+//! by `s + 5L/6` ends by `s + L`: two (indeed three) failed renewals in a row are
+//! survived. An uncontended call pays a map insert and removal.
 //!
 //! **Releases.** A lease is handed to the keeper when its holder goes away before
 //! publishing (its local callers left, its load panicked or failed, its value cannot be
@@ -200,17 +201,21 @@ impl Duty {
     fn work(&self, patience: Duration, inbox: &mpsc::Receiver<Release>) {
         let tick = self.lease / 6;
         let mut pending: Vec<Release> = Vec::new();
-        let mut next_tick = Instant::now().checked_add(tick);
         let mut closed_at: Option<Instant> = None;
         while closed_at.is_none_or(|at| !pending.is_empty() && at.elapsed() < patience) {
+            // Awake when the first held lease is due, and at least every sixth of the
+            // lease, so that a lease held since the last look (due a third of the lease
+            // after it was taken) is seen in time.
             let now = Instant::now();
-            let until_tick =
-                next_tick.map_or(Duration::MAX, |at| at.saturating_duration_since(now));
-            let wait = if pending.is_empty() {
-                until_tick
-            } else {
-                until_tick.min(RETRY_EVERY)
-            };
+            let earliest = lock(&self.held)
+                .values()
+                .filter_map(|lease| lease.due)
+                .min();
+            let until_due = earliest.map_or(tick, |due| due.saturating_duration_since(now));
+            let mut wait = until_due.min(tick);
+            if !pending.is_empty() {
+                wait = wait.min(RETRY_EVERY);
+            }
             let next = if closed_at.is_some() {
                 thread::sleep(wait.min(RETRY_EVERY));
                 Err(RecvTimeoutError::Timeout)
@@ -229,10 +234,7 @@ impl Duty {
                 pending.drain(..pending.len() - MAX_PENDING);
             }
             self.release_pending(&mut pending);
-            if next_tick.is_some_and(|at| Instant::now() >= at) {
-                self.renew_due();
-                next_tick = Instant::now().checked_add(tick);
-            }
+            self.renew_due();
         }
     }
 
@@ -251,8 +253,7 @@ impl Duty {
     }
 
     /// Renews every held lease that is due, one after another; a renewal that Redis does
-    /// not answer ends the round (the others would wait as long), and what is left is due
-    /// again at the next tick.
+    /// not answer ends the round, and what is left is tried at once in the next.
     fn renew_due(&self) {
         let now = Instant::now();
         let due: Vec<(u64, Names, String)> = lock(&self.held)
@@ -304,6 +305,104 @@ impl Drop for Keeper {
         if let Some(Worker { jobs, finished }) = worker {
             drop(jobs);
             let _ = finished.recv_timeout(self.patience);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FleetError;
+    use crate::store::Acquired;
+    use futures_util::future::BoxFuture;
+
+    /// A store whose renewals fail (`fails` in a row, each taking `slow`) and which
+    /// checks that the lease never ran out: each success must come within a lease of the
+    /// last.
+    #[derive(Debug)]
+    struct Renewals {
+        lease: Duration,
+        slow: Duration,
+        fails: u32,
+        state: Mutex<(Instant, u32, Vec<Duration>)>,
+    }
+
+    impl Transport for Renewals {
+        fn acquire<'a>(
+            &'a self,
+            _: &'a Names,
+            _: Option<&'a str>,
+            _: &'a str,
+            _: Duration,
+            _: bool,
+        ) -> BoxFuture<'a, Result<Acquired, FleetError>> {
+            unreachable!()
+        }
+        fn publish<'a>(
+            &'a self,
+            _: &'a Names,
+            _: &'a str,
+            _: Vec<u8>,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<bool, FleetError>> {
+            unreachable!()
+        }
+        fn renew(&self, _: &Names, _: &str, _: Duration) -> Result<bool, FleetError> {
+            let mut state = lock(&self.state);
+            let (last, failed, gaps) = &mut *state;
+            if *failed < self.fails {
+                *failed += 1;
+                drop(state);
+                thread::sleep(self.slow);
+                return Err(FleetError::timeout("test", "renew", self.slow));
+            }
+            *failed = 0;
+            gaps.push(last.elapsed());
+            *last = Instant::now();
+            Ok(true)
+        }
+        fn release(&self, _: &Names, _: &str, _: Duration) -> Result<bool, FleetError> {
+            Ok(false)
+        }
+    }
+
+    /// Holds a lease for three leases while every renewal fails `fails` times in a row
+    /// (each failure taking a sixth of the lease, as a timeout would), and returns the
+    /// gaps between successful renewals.
+    fn gaps_between_renewals(fails: u32) -> Vec<Duration> {
+        let lease = Duration::from_millis(600);
+        let store = Arc::new(Renewals {
+            lease,
+            slow: lease / 6,
+            fails,
+            state: Mutex::new((Instant::now(), 0, Vec::new())),
+        });
+        let keeper = Keeper::new(
+            store.clone(),
+            lease,
+            Duration::from_secs(1),
+            Arc::new(Counters::default()),
+            Arc::new(Health::new("ns", "ns", Duration::from_secs(1))),
+        );
+        lock(&store.state).0 = Instant::now();
+        let holding = keeper.hold(&Names::new("ns", "k"), "token");
+        thread::sleep(lease * 3);
+        drop(holding);
+        let gaps = lock(&store.state).2.clone();
+        assert!(gaps.len() >= 2, "renewed {} times", gaps.len());
+        assert!(store.lease == lease);
+        gaps
+    }
+
+    #[test]
+    fn a_lease_survives_two_failed_renewals_in_a_row() {
+        for gap in gaps_between_renewals(2) {
+            // The lease runs out `lease` after the last success: every success came in
+            // time, with room to spare.
+            assert!(
+                gap < Duration::from_millis(600),
+                "a renewal came {gap:?} after the last"
+            );
         }
     }
 }

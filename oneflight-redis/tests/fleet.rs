@@ -623,3 +623,87 @@ async fn a_value_over_max_value_size_stays_with_its_holder_and_its_lease_is_rele
     assert_eq!((holder.stats().oversized, waiter.stats().takeovers), (1, 1));
     server.assert_no_flight_left(Duration::from_secs(30 + 10));
 }
+
+/// A stand-in for a Redis Cluster node on loopback that owns none of the fleet's slots:
+/// it answers every command with `MOVED`, as such a node does to a single-node client.
+/// Serves until the test process ends (each connection on a thread of its own).
+fn moved_node() -> redis::Client {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(read) = stream.read(&mut chunk) {
+                    if read == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                    // Answer each complete command (`*N` then N bulk strings).
+                    while let Some(end) = command_end(&buffer) {
+                        buffer.drain(..end);
+                        let _ = stream.write_all(b"-MOVED 14520 127.0.0.1:7103\r\n");
+                    }
+                }
+            });
+        }
+    });
+    redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap()
+}
+
+/// The length of the first complete RESP command in `buffer`, if there is one.
+fn command_end(buffer: &[u8]) -> Option<usize> {
+    let line = |from: usize| -> Option<(usize, usize)> {
+        let at = buffer[from..].windows(2).position(|w| w == b"\r\n")? + from;
+        let number = std::str::from_utf8(&buffer[from + 1..at])
+            .ok()?
+            .parse()
+            .ok()?;
+        Some((number, at + 2))
+    };
+    let (items, mut at) = line(0)?;
+    for _ in 0..items {
+        let (len, start) = line(at)?;
+        at = start + len + 2;
+        if at > buffer.len() {
+            return None;
+        }
+    }
+    Some(at)
+}
+
+#[tokio::test]
+async fn a_cluster_node_answering_moved_is_reported_as_such_and_never_rests_the_process() {
+    let fleet: Fleet<String> = Fleet::builder(moved_node(), "t")
+        .retry_redis_after(Duration::from_secs(60))
+        .build();
+    for _ in 0..3 {
+        assert_eq!(fleet.work("k", async { "alone".to_owned() }).await, "alone");
+    }
+    let failed = fleet
+        .try_work_or_fail("k", async { Ok::<_, AppError>("x".to_owned()) })
+        .await;
+    let Err(WorkError::Redis(error)) = failed else {
+        panic!("expected a redis error")
+    };
+    assert_eq!(
+        (error.kind(), error.code()),
+        (FleetErrorKind::Answered, Some("MOVED"))
+    );
+    assert!(error.to_string().contains("MOVED"), "{error}");
+    // Every call asked Redis (a rest would have skipped it for a minute) and degraded.
+    let stats = fleet.stats();
+    assert_eq!(
+        (
+            stats.answered,
+            stats.fallbacks,
+            stats.timeouts,
+            stats.disconnects
+        ),
+        (4, 3, 0, 0),
+        "{stats:?}"
+    );
+}
