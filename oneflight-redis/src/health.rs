@@ -108,7 +108,7 @@ impl Health {
             if !reported.contains(&code) {
                 reported.push(code);
                 eprintln!(
-                    "oneflight-redis: namespace {:?}: {error}. {advice}. Calls go on without the \
+                    "oneflight-redis: namespace {:?}: {error}; {advice}. Calls go on without the \
                      fleet (in-process deduplication) while this lasts; said once.",
                     self.namespace
                 );
