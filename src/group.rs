@@ -194,20 +194,21 @@ where
         F: IntoFuture<Output = V>,
         V: Clone,
     {
-        observe::in_flight_span!(self.inner.observer, {
-            let flight = match Arrival::new(&self.inner, key).await {
-                Ok(value) => return value,
-                Err(flight) => flight,
-            };
-            let mut runner = Runner::new(Cow::Borrowed(&self.inner), flight);
-            // After `runner`, as `Runner::run` requires. If `into_future` panics, `runner`
-            // hands the flight over.
-            let fut = pin!(Some(fut.into_future()));
-            match runner.run(fut, true).await {
-                Ok(value) => value.expect("kept for the runner"),
-                Err(payload) => resume_unwind(payload),
-            }
-        })
+        // With `tracing`, each of the two awaits runs in this caller's span; `fut` stays
+        // in this frame either way, so that the future holds it at most twice.
+        observe::flight_span!(span, self.inner.observer);
+        let flight = match observe::instrumented!(Arrival::new(&self.inner, key), span).await {
+            Ok(value) => return value,
+            Err(flight) => flight,
+        };
+        let mut runner = Runner::new(Cow::Borrowed(&self.inner), flight);
+        // After `runner`, as `Runner::run` requires. If `into_future` panics, `runner`
+        // hands the flight over.
+        let fut = pin!(Some(fut.into_future()));
+        match observe::instrumented!(runner.run(fut, true), span).await {
+            Ok(value) => value.expect("kept for the runner"),
+            Err(payload) => resume_unwind(payload),
+        }
     }
 
     /// Forgets the flight for `key`, if any (Go's `Forget`). It keeps running for the

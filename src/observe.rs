@@ -115,23 +115,35 @@ impl Observer {
     }
 }
 
-/// Runs the async block `$body` inside a new `oneflight.flight` span of the group whose
-/// [`Observer`] is `$observer`; without `tracing`, the block's statements as they are.
+/// Declares `$span`, a new `oneflight.flight` span of the group whose [`Observer`] is
+/// `$observer`; without `tracing`, nothing.
 #[cfg(feature = "tracing")]
-macro_rules! in_flight_span {
-    ($observer:expr, $body:block) => {{
-        let span = tracing::debug_span!(
+macro_rules! flight_span {
+    ($span:ident, $observer:expr) => {
+        let $span = tracing::debug_span!(
             "oneflight.flight",
             group = $observer.label(),
             role = tracing::field::Empty
         );
-        tracing::Instrument::instrument(async move $body, span).await
-    }};
+    };
 }
 #[cfg(not(feature = "tracing"))]
-macro_rules! in_flight_span {
-    ($observer:expr, $body:block) => {
-        $body
+macro_rules! flight_span {
+    ($span:ident, $observer:expr) => {};
+}
+
+/// The future `$fut`, run inside `$span` (entered at each of its polls); without
+/// `tracing`, `$fut` itself.
+#[cfg(feature = "tracing")]
+macro_rules! instrumented {
+    ($fut:expr, $span:ident) => {
+        tracing::Instrument::instrument($fut, $span.clone())
+    };
+}
+#[cfg(not(feature = "tracing"))]
+macro_rules! instrumented {
+    ($fut:expr, $span:ident) => {
+        $fut
     };
 }
 
@@ -159,4 +171,4 @@ macro_rules! event {
     ($observer:expr, $($field:tt)*) => {};
 }
 
-pub(crate) use {event, in_flight_span, role};
+pub(crate) use {event, flight_span, instrumented, role};
