@@ -80,15 +80,41 @@ impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'
     }
 }
 
+/// The capture of this test binary: a global subscriber, so that every thread and every
+/// callsite sees it from the start (a thread-local one races with tests on other threads
+/// over tracing's per-callsite interest cache). Tests tell their own spans and events
+/// apart by their group's name.
+fn capture() -> &'static Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let subscriber = Registry::default().with(capture.clone());
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        capture
+    })
+}
+
+impl Capture {
+    fn spans_of(&self, group: &str) -> Vec<Seen> {
+        let spans = self.spans.lock().unwrap();
+        let ours = |s: &&Seen| s.fields.get("group").is_some_and(|g| g == group);
+        spans.values().filter(ours).cloned().collect()
+    }
+    fn events_of(&self, group: &str) -> Vec<Seen> {
+        let events = self.events.lock().unwrap();
+        let ours = |e: &&Seen| e.fields.get("group").is_some_and(|g| g == group);
+        events.iter().filter(ours).cloned().collect()
+    }
+}
+
 fn poll<F: Future>(fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
     fut.poll(&mut Context::from_waker(Waker::noop()))
 }
 
 #[test]
 fn a_flight_with_a_joiner_and_a_takeover_makes_one_span_per_caller_with_its_role() {
-    let capture = Capture::default();
-    let subscriber = Registry::default().with(capture.clone());
-    tracing::subscriber::with_default(subscriber, || {
+    let capture = capture();
+    {
         let group: Group<String, u32> = Group::named("profiles");
         let (gate, opened) = futures_channel_gate();
         // The runner: its load waits on a gate that never opens; it will be cancelled.
@@ -114,8 +140,8 @@ fn a_flight_with_a_joiner_and_a_takeover_makes_one_span_per_caller_with_its_role
             (Poll::Pending, Poll::Pending) => panic!("nobody took the flight over"),
         };
         assert!(values == (2, 2) || values == (3, 3), "{values:?}");
-    });
-    let spans: Vec<Seen> = capture.spans.lock().unwrap().values().cloned().collect();
+    }
+    let spans = capture.spans_of("profiles");
     assert_eq!(spans.len(), 3, "one span per caller: {spans:#?}");
     assert!(
         spans
@@ -125,7 +151,7 @@ fn a_flight_with_a_joiner_and_a_takeover_makes_one_span_per_caller_with_its_role
     let mut roles: Vec<&str> = spans.iter().map(|s| s.fields["role"].as_str()).collect();
     roles.sort();
     assert_eq!(roles, ["joined", "runner", "takeover"], "{spans:#?}");
-    let events = capture.events.lock().unwrap();
+    let events = capture.events_of("profiles");
     let takeovers: Vec<&Seen> = events
         .iter()
         .filter(|e| {
@@ -145,10 +171,9 @@ fn a_flight_with_a_joiner_and_a_takeover_makes_one_span_per_caller_with_its_role
 
 #[test]
 fn a_panic_shared_and_a_reentrant_call_are_events() {
-    let capture = Capture::default();
-    let subscriber = Registry::default().with(capture.clone());
-    tracing::subscriber::with_default(subscriber, || {
-        let group: Group<String, u32> = Group::new();
+    let capture = capture();
+    {
+        let group: Group<String, u32> = Group::named("panics");
         let (gate, opened) = futures_channel_gate();
         let mut runner = Box::pin(group.work("k", async move {
             opened.await;
@@ -171,8 +196,8 @@ fn a_panic_shared_and_a_reentrant_call_are_events() {
         let caught =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll(reentrant.as_mut())));
         assert!(caught.is_err());
-    });
-    let events = capture.events.lock().unwrap();
+    }
+    let events = capture.events_of("panics");
     let messages: Vec<String> = events
         .iter()
         .filter_map(|e| e.fields.get("message").cloned())
@@ -186,7 +211,6 @@ fn a_panic_shared_and_a_reentrant_call_are_events() {
         })
         .unwrap_or_else(|| panic!("{messages:?}"));
     assert_eq!(shared.fields["panicked"], "true");
-    assert_eq!(shared.fields["group"], "", "an unnamed group");
     assert!(
         messages.iter().any(|m| m.contains("re-entrant")),
         "{messages:?}"

@@ -132,7 +132,7 @@ fn fleet_metrics_after_a_known_sequence_of_calls() {
 
 /// Every span's fields, as recorded (later records override).
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
+struct Spans(Arc<Mutex<BTreeMap<u64, BTreeMap<String, String>>>>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -154,12 +154,7 @@ impl<S: tracing::Subscriber> Layer<S> for Spans {
     ) {
         let mut fields = BTreeMap::from([("name".to_owned(), attrs.metadata().name().to_owned())]);
         attrs.record(&mut Fields(&mut fields));
-        let mut spans = self.0.lock().unwrap();
-        let at = id.into_u64() as usize - 1;
-        if spans.len() <= at {
-            spans.resize(at + 1, BTreeMap::new());
-        }
-        spans[at] = fields;
+        self.0.lock().unwrap().insert(id.into_u64(), fields);
     }
     fn on_record(
         &self,
@@ -167,34 +162,49 @@ impl<S: tracing::Subscriber> Layer<S> for Spans {
         values: &tracing::span::Record<'_>,
         _: Context<'_, S>,
     ) {
-        if let Some(fields) = self.0.lock().unwrap().get_mut(id.into_u64() as usize - 1) {
+        if let Some(fields) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
             values.record(&mut Fields(fields));
         }
     }
 }
 
+/// The spans of this test binary: a global subscriber, so that every thread and every
+/// callsite sees it from the start (a thread-local one races with the other test's thread
+/// over tracing's per-callsite interest cache). The test tells its spans apart by name.
+fn spans() -> &'static Spans {
+    static SPANS: std::sync::OnceLock<Spans> = std::sync::OnceLock::new();
+    SPANS.get_or_init(|| {
+        let spans = Spans::default();
+        tracing::subscriber::set_global_default(Registry::default().with(spans.clone()))
+            .expect("the only subscriber");
+        spans
+    })
+}
+
 #[test]
 fn fleet_spans_name_the_role_and_the_key_unless_told_not_to() {
     let Some(server) = server() else { return };
-    let spans = Spans::default();
-    let subscriber = Registry::default().with(spans.clone());
-    tracing::subscriber::with_default(subscriber, || {
-        runtime().block_on(async {
-            let holder = build(server.client(), "holder").build();
-            let waiter = build(server.client(), "waiter").record_keys(false).build();
-            flight(&holder, &waiter, "user:7", 100).await;
-        })
+    let spans = spans();
+    runtime().block_on(async {
+        let holder = build(server.client(), "span-holder").build();
+        let waiter = build(server.client(), "span-waiter")
+            .record_keys(false)
+            .build();
+        flight(&holder, &waiter, "user:7", 100).await;
     });
     let spans = spans.0.lock().unwrap();
+    let ours = |field: &str, s: &BTreeMap<String, String>| {
+        s.get(field).is_some_and(|name| name.starts_with("span-"))
+    };
     let fleet: Vec<&BTreeMap<String, String>> =
-        spans.iter().filter(|s| s.contains_key("fleet")).collect();
+        spans.values().filter(|s| ours("fleet", s)).collect();
     assert_eq!(
         fleet.len(),
         2,
         "one span per flight of each process: {spans:#?}"
     );
-    let holder = fleet.iter().find(|s| s["fleet"] == "holder").unwrap();
-    let waiter = fleet.iter().find(|s| s["fleet"] == "waiter").unwrap();
+    let holder = fleet.iter().find(|s| s["fleet"] == "span-holder").unwrap();
+    let waiter = fleet.iter().find(|s| s["fleet"] == "span-waiter").unwrap();
     assert_eq!(
         (holder["role"].as_str(), holder["key"].as_str()),
         ("holder", "user:7")
@@ -206,7 +216,7 @@ fn fleet_spans_name_the_role_and_the_key_unless_told_not_to() {
     );
     // The core's span of each caller (the fleet's runner in each process) is there too.
     let core: Vec<&BTreeMap<String, String>> =
-        spans.iter().filter(|s| s.contains_key("group")).collect();
+        spans.values().filter(|s| ours("group", s)).collect();
     assert_eq!(core.len(), 2, "{spans:#?}");
     assert!(
         core.iter()
