@@ -413,6 +413,8 @@ async fn the_json_codec_works_end_to_end() {
     assert_eq!((x, y), (vec![1, 2], vec![1, 2]));
 }
 
+/// Needs the `smol` feature: with `tokio` alone, the `redis` crate runs on Tokio only.
+#[cfg(feature = "smol")]
 #[test]
 fn smol_runtime_works_too_renewing_waiting_and_hearing_hints() {
     let Some(server) = server() else { return };
