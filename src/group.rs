@@ -194,8 +194,9 @@ where
         F: IntoFuture<Output = V>,
         V: Clone,
     {
-        // With `tracing`, each of the two awaits runs in this caller's span; `fut` stays
-        // in this frame either way, so that the future holds it at most twice.
+        // With `tracing`, the caller joins and waits inside its span (moved into that
+        // await); `fut` stays in this frame either way, so that the future holds it at
+        // most twice.
         observe::flight_span!(span, self.inner.observer);
         let flight = match observe::instrumented!(Arrival::new(&self.inner, key), span).await {
             Ok(value) => return value,
@@ -205,7 +206,7 @@ where
         // After `runner`, as `Runner::run` requires. If `into_future` panics, `runner`
         // hands the flight over.
         let fut = pin!(Some(fut.into_future()));
-        match observe::instrumented!(runner.run(fut, true), span).await {
+        match runner.run(fut, true).await {
             Ok(value) => value.expect("kept for the runner"),
             Err(payload) => resume_unwind(payload),
         }

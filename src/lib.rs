@@ -126,9 +126,10 @@
 //! Two more features, off by default, change nothing when off (same code, same
 //! dependencies):
 //!
-//! - `tracing`: a `oneflight.flight` span (level `debug`) per `work`/`try_work` caller
-//!   and per `do_chan` task, with the group's `group` name (see [`Group::named`]) and the
-//!   caller's `role`: `runner`, `joined`, or `joined` then `takeover`; `debug` events for
+//! - `tracing`: a `oneflight.flight` span (level `debug`) per `work`/`try_work` caller,
+//!   covering its join and its wait, and per `do_chan` task, with the group's `group`
+//!   name (see [`Group::named`]) and the caller's `role`: `runner`, `joined`, or `joined`
+//!   then `takeover`; `debug` events for
 //!   a takeover, an outcome shared with other callers (`panicked` says whether it was a
 //!   panic), a re-entrant call refused. Keys are not recorded (they are of any type).
 //! - `metrics`: `oneflight_flights_total`, `oneflight_joined_total`,
@@ -138,8 +139,8 @@
 //!   Handles are registered at a group's first use: install your recorder before.
 //!
 //! With no subscriber and no recorder installed, an uncontended `work` costs the same
-//! with either feature on (0.98x and 0.95x-1.01x of the plain build, measured side by
-//! side by the peers bench).
+//! with either feature on (0.93x-1.03x and 0.92x-0.99x of the plain build over six runs,
+//! measured side by side by the peers bench).
 //!
 //! # When not to use it
 //!

@@ -4,7 +4,11 @@
 //! empty inline functions, so the rest of the crate is the same code either way.
 //!
 //! - **Spans**: one `oneflight.flight` span (level `debug`) per `work` or `try_work`
-//!   caller and per `do_chan` task, with the group's `name` and the caller's `role`:
+//!   caller, covering its join and its wait (so a joined caller's span lasts as long as
+//!   it waited; a runner's closes as its own future starts, which then runs outside it:
+//!   one moved span is what costs nothing measurable when no subscriber listens), and
+//!   one per `do_chan` task, covering its run; with the group's `name` and the caller's
+//!   `role`:
 //!   `runner` (started the flight), `joined` (waited on another's run), `takeover`
 //!   (joined, then ran the flight after its runner went away). Keys are not recorded:
 //!   they are of any type.
@@ -132,12 +136,12 @@ macro_rules! flight_span {
     ($span:ident, $observer:expr) => {};
 }
 
-/// The future `$fut`, run inside `$span` (entered at each of its polls); without
-/// `tracing`, `$fut` itself.
+/// The future `$fut`, run inside `$span` (moved in: entered at each of its polls, closed
+/// when it ends); without `tracing`, `$fut` itself.
 #[cfg(feature = "tracing")]
 macro_rules! instrumented {
     ($fut:expr, $span:ident) => {
-        tracing::Instrument::instrument($fut, $span.clone())
+        tracing::Instrument::instrument($fut, $span)
     };
 }
 #[cfg(not(feature = "tracing"))]
