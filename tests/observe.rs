@@ -3,13 +3,16 @@
 //! sequence of calls. Futures are polled by hand, so every count is exact.
 #![cfg(all(feature = "tracing", feature = "metrics"))]
 
+mod common;
+
+use common::{Gate, poll_once as poll, yield_times};
+
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use oneflight::Group;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
@@ -107,16 +110,13 @@ impl Capture {
     }
 }
 
-fn poll<F: Future>(fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
-    fut.poll(&mut Context::from_waker(Waker::noop()))
-}
-
 #[test]
 fn a_flight_with_a_joiner_and_a_takeover_makes_one_span_per_caller_with_its_role() {
     let capture = capture();
     {
         let group: Group<String, u32> = Group::named("profiles");
-        let (gate, opened) = futures_channel_gate();
+        let gate = Gate::new();
+        let opened = gate.wait();
         // The runner: its load waits on a gate that never opens; it will be cancelled.
         let mut runner = Box::pin(group.work("k", async move {
             opened.await;
@@ -129,7 +129,7 @@ fn a_flight_with_a_joiner_and_a_takeover_makes_one_span_per_caller_with_its_role
         let mut taker = pin!(group.work("k", async { 3 }));
         assert!(poll(taker.as_mut()).is_pending());
         drop(runner); // cancelled: a waiting caller takes the flight over
-        drop(gate);
+        gate.open();
         // Whichever joiner claims the run ends with its own value; the other shares it.
         let a = poll(joiner.as_mut());
         let b = poll(taker.as_mut());
@@ -174,7 +174,8 @@ fn a_panic_shared_and_a_reentrant_call_are_events() {
     let capture = capture();
     {
         let group: Group<String, u32> = Group::named("panics");
-        let (gate, opened) = futures_channel_gate();
+        let gate = Gate::new();
+        let opened = gate.wait();
         let mut runner = Box::pin(group.work("k", async move {
             opened.await;
             panic!("the load failed")
@@ -182,7 +183,7 @@ fn a_panic_shared_and_a_reentrant_call_are_events() {
         assert!(poll(runner.as_mut()).is_pending());
         let mut joiner = Box::pin(group.work("k", async { 2 }));
         assert!(poll(joiner.as_mut()).is_pending());
-        drop(gate);
+        gate.open();
         let caught =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll(runner.as_mut())));
         assert!(caught.is_err());
@@ -247,7 +248,8 @@ fn counters_and_the_wait_histogram_after_a_known_sequence_of_calls() {
     metrics::with_local_recorder(&recorder, || {
         let group: Group<String, u32> = Group::named("db");
         // A flight with two joiners.
-        let (gate, opened) = futures_channel_gate();
+        let gate = Gate::new();
+        let opened = gate.wait();
         let mut runner = Box::pin(group.work("a", async move {
             opened.await;
             1
@@ -261,12 +263,12 @@ fn counters_and_the_wait_histogram_after_a_known_sequence_of_calls() {
         }
         // A second flight, forgotten while it runs, then run to its end.
         let mut forgotten = Box::pin(group.work("b", async {
-            smol_yield().await;
+            yield_times(1).await;
             2
         }));
         assert!(poll(forgotten.as_mut()).is_pending());
         assert!(group.forget("b"));
-        drop(gate);
+        gate.open();
         assert_eq!(poll(runner.as_mut()), Poll::Ready(1));
         for joiner in &mut joiners {
             assert_eq!(poll(joiner.as_mut()), Poll::Ready(1));
@@ -302,29 +304,6 @@ fn counters_and_the_wait_histogram_after_a_known_sequence_of_calls() {
     let mut seen = counters.clone();
     seen.remove("oneflight_takeovers_total{group=db}");
     assert_eq!(seen, expected, "{counters:#?}");
-}
-
-/// A gate: the future completes once the sender is dropped.
-fn futures_channel_gate() -> (async_channel::Sender<()>, impl Future<Output = ()>) {
-    let (sender, receiver) = async_channel::bounded::<()>(1);
-    (sender, async move {
-        let _ = receiver.recv().await;
-    })
-}
-
-/// Yields once, so that a flight stays in the air for one poll.
-async fn smol_yield() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await
 }
 
 trait NowOrPanic<T> {
