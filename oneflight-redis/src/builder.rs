@@ -4,7 +4,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::{Codec, Fleet};
+use crate::{Backend, Codec, Fleet};
 
 /// The settings of a fleet, fixed at build.
 #[derive(Debug, Clone)]
@@ -100,16 +100,16 @@ impl Config {
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `.build()`"]
 pub struct FleetBuilder<V> {
-    client: redis::Client,
+    backend: Backend,
     namespace: String,
     config: Config,
     value: PhantomData<fn() -> V>,
 }
 
 impl<V> FleetBuilder<V> {
-    pub(crate) fn new(client: redis::Client, namespace: &str) -> Self {
+    pub(crate) fn new(backend: Backend, namespace: &str) -> Self {
         FleetBuilder {
-            client,
+            backend,
             namespace: namespace.to_owned(),
             config: Config {
                 name: namespace.to_owned(),
@@ -292,7 +292,7 @@ impl<V> FleetBuilder<V> {
         self.config.check();
         // "No limit" for a command is a day: the clients' own timers then never overflow.
         self.config.command_timeout = self.config.command_timeout.min(Duration::from_secs(86_400));
-        Fleet::from_parts(self.client, &self.namespace, self.config)
+        Fleet::from_parts(self.backend, &self.namespace, self.config)
     }
 }
 
@@ -302,7 +302,7 @@ mod tests {
 
     fn build(configure: impl FnOnce(FleetBuilder<u8>) -> FleetBuilder<u8>) -> Result<(), String> {
         let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
-        let builder = configure(FleetBuilder::new(client, "n"));
+        let builder = configure(FleetBuilder::new(client.into(), "n"));
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(builder.build()))).map_err(
             |panic| match panic.downcast::<String>() {
                 Ok(message) => *message,

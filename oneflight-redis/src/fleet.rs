@@ -26,11 +26,11 @@ use crate::builder::Config;
 use crate::flight::{Fencing, Link, Local, RedisFailed, Shared};
 use crate::health::Health;
 use crate::keeper::Keeper;
-use crate::names;
+
 use crate::notify::Notifier;
 use crate::stats::Counters;
 use crate::store::{Store, Transport};
-use crate::{FleetBuilder, FleetStats, WorkError};
+use crate::{Backend, FleetBuilder, FleetStats, WorkError};
 
 /// One namespace of flights shared by every process that uses the same Redis and
 /// namespace: a cheap handle, clones share everything.
@@ -66,8 +66,8 @@ impl<V> Fleet<V> {
     /// let fleet: Fleet<Vec<u8>> = Fleet::new(client, "thumbnails");
     /// # drop(fleet);
     /// ```
-    pub fn new(client: redis::Client, namespace: &str) -> Self {
-        Self::builder(client, namespace).build()
+    pub fn new(backend: impl Into<Backend>, namespace: &str) -> Self {
+        Self::builder(backend, namespace).build()
     }
 
     /// A builder for a fleet with other settings; see [`FleetBuilder`].
@@ -80,25 +80,20 @@ impl<V> Fleet<V> {
     /// let fleet: Fleet<u64> = Fleet::builder(client, "counts").lease(Duration::from_secs(2)).build();
     /// # drop(fleet);
     /// ```
-    pub fn builder(client: redis::Client, namespace: &str) -> FleetBuilder<V> {
-        FleetBuilder::new(client, namespace)
+    pub fn builder(backend: impl Into<Backend>, namespace: &str) -> FleetBuilder<V> {
+        FleetBuilder::new(backend.into(), namespace)
     }
 
-    pub(crate) fn from_parts(client: redis::Client, namespace: &str, config: Config) -> Self {
-        let store = Store::new(
-            client.clone(),
-            namespace,
-            config.command_timeout,
-            config.lease,
-        );
-        Self::with_transport(Arc::new(store), client, namespace, config)
+    pub(crate) fn from_parts(backend: Backend, namespace: &str, config: Config) -> Self {
+        let store = Store::new(backend.clone(), config.command_timeout, config.lease);
+        Self::with_transport(Arc::new(store), backend, namespace, config)
     }
 
     /// A fleet on any transport (Redis, or memory in the model test), whose hints come
     /// through `hints`.
     pub(crate) fn with_transport(
         store: Arc<dyn Transport>,
-        hints: redis::Client,
+        hints: Backend,
         namespace: &str,
         config: Config,
     ) -> Self {
@@ -110,7 +105,6 @@ impl<V> Fleet<V> {
         ));
         let notifier = Notifier::new(
             hints,
-            names::channel(namespace),
             config.command_timeout,
             config.retry_redis_after,
             counters.clone(),

@@ -110,9 +110,9 @@ impl Link {
         let config = &self.config;
         // `None`: `max_wait` too long to add, that is, no limit.
         let deadline = Instant::now().checked_add(config.max_wait);
-        // Before the first acquire: an end announced between its reply and the wait wakes
-        // this flight.
-        let hints = self.notifier.register(names.tag());
+        // Before the first acquire: if the key's channel is subscribed already, an end
+        // announced between its reply and the wait wakes this flight.
+        let mut hints = self.notifier.register(names.tag());
         // The flight this process waits on, and when Redis last said it held the lease.
         let mut waited: Option<(String, Instant)> = None;
         // When this process began to wait on another's flight.
@@ -204,7 +204,11 @@ impl Link {
                         observe::role!("waiter");
                     }
                     waited = Some((holder, now));
-                    self.notifier.subscribe();
+                    // Just subscribed to the key's channel: ask again at once, since an
+                    // end announced before then was not heard.
+                    if hints.hear().await {
+                        continue;
+                    }
                     runtime::timeout(config.poll_interval.min(left), listener).await;
                 }
             }
@@ -412,7 +416,8 @@ mod tests {
             ..Config::default()
         };
         let nowhere = redis::Client::open("redis://127.0.0.1:1/").unwrap();
-        let fleet: Fleet<String> = Fleet::with_transport(transport.clone(), nowhere, "n", config);
+        let fleet: Fleet<String> =
+            Fleet::with_transport(transport.clone(), nowhere.into(), "n", config);
         transport
             .notifier
             .set(fleet.link().notifier.clone())

@@ -177,6 +177,7 @@
 #[cfg(not(any(feature = "tokio", feature = "smol")))]
 compile_error!("oneflight-redis needs the `tokio` or the `smol` feature (or both)");
 
+mod backend;
 mod builder;
 mod codec;
 mod depth;
@@ -193,6 +194,7 @@ mod scripts;
 mod stats;
 mod store;
 
+pub use backend::Backend;
 pub use builder::FleetBuilder;
 pub use codec::Codec;
 pub use error::{FleetError, FleetErrorKind, WorkError};

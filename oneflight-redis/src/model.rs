@@ -374,7 +374,7 @@ fn run(seed: u64, faults: Faults) {
     // Hints never come: the notifier's client points at a port nothing listens on.
     let nowhere = || redis::Client::open("redis://127.0.0.1:1/").unwrap();
     let fleets: Vec<Fleet<u64>> = (0..3)
-        .map(|_| Fleet::with_transport(memory.clone(), nowhere(), "m", config(lease)))
+        .map(|_| Fleet::with_transport(memory.clone(), nowhere().into(), "m", config(lease)))
         .collect();
     let loads: Arc<Mutex<Vec<Load>>> = Arc::default();
     let panicking_processes: Arc<Mutex<Vec<usize>>> = Arc::default();

@@ -15,8 +15,9 @@
 //! - `oneflight:TAG:void:NONCE`: a nonce whose lease was released, kept one lease, so
 //!   that an acquire with it that runs late takes nothing (see [`RELEASE`](crate::scripts::RELEASE)).
 //!
-//! Ends of flights (published or released) are announced on the namespace's channel
-//! `oneflight:<bytes in ns>:<ns>:done` as `TOKEN TAG_LEN:TAG[ PAYLOAD]`: a hint only.
+//! Ends of flights (published or released) are announced on the flight's own channel
+//! `oneflight:TAG:done` as `TOKEN TAG_LEN:TAG[ PAYLOAD]`: a hint only, heard by the
+//! processes that wait on the key (see [`crate::notify`]).
 //!
 //! Tokens are `NONCE` or, for a fenced flight, `FENCE-NONCE`, the nonce chosen by the
 //! caller before it sends the acquire: if the reply is lost (a timeout, a cancelled
@@ -49,6 +50,10 @@ impl Names {
     pub(crate) fn void(&self, nonce: &str) -> String {
         format!("oneflight:{}:void:{nonce}", self.tag)
     }
+    /// The channel on which the ends of the key's flights are announced.
+    pub(crate) fn channel(&self) -> String {
+        format!("oneflight:{}:done", self.tag)
+    }
     /// The flight's tag, as announcements name it.
     pub(crate) fn tag(&self) -> &str {
         &self.tag
@@ -57,11 +62,6 @@ impl Names {
     pub(crate) fn announced(&self) -> String {
         format!("{}:{}", self.tag.len(), self.tag)
     }
-}
-
-/// The channel on which a namespace's ends of flights are announced.
-pub(crate) fn channel(namespace: &str) -> String {
-    format!("oneflight:{}:{namespace}:done", namespace.len())
 }
 
 /// Splits an announcement `TOKEN TAG_LEN:TAG[ PAYLOAD]`; `None` when malformed.
@@ -127,7 +127,10 @@ mod tests {
             Names::new("a", "b:c").lease(),
             Names::new("a:b", "c").lease()
         );
-        assert_ne!(channel("a"), channel("a:b"));
+        assert_ne!(
+            Names::new("a", "b:c").channel(),
+            Names::new("a:b", "c").channel()
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The Lua scripts of the protocol, each atomic on one flight's keys (one slot), each
-//! with the race it closes.
+//! with the race it closes, and how they are called ([`Call`]).
+
+use crate::backend::{Blocking, Commands};
 
 /// Takes the lease, or says who holds it, or (for a waiter) hands over the value of the
 /// flight it waited on. One script, so that a waiter's check and its takeover are one
@@ -51,18 +53,20 @@ return {'hold', token}
 /// paused past its lease cannot overwrite or announce over the flight that replaced it.
 ///
 /// The announcement carries the payload too when `ARGV[5]` is '1' (a small value), so that
-/// a waiter that hears it needs no second round trip.
+/// a waiter that hears it needs no second round trip. It goes to the flight's own channel
+/// with `ARGV[7]`: `PUBLISH` on one node, `SPUBLISH` on a cluster (delivered by the
+/// flight's shard only, not copied to every node over the cluster bus).
 ///
 /// KEYS: lease, value of this flight. ARGV: token, payload, value retention ms, channel,
-/// '1' to announce the payload, the flight's `TAG_LEN:TAG`. Returns 1 when published, 0
-/// when the lease was no longer ours.
+/// '1' to announce the payload, the flight's `TAG_LEN:TAG`, the publish command. Returns
+/// 1 when published, 0 when the lease was no longer ours.
 pub const PUBLISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
 local message = ARGV[1] .. ' ' .. ARGV[6]
 if ARGV[5] == '1' then message = message .. ' ' .. ARGV[2] end
-redis.call('PUBLISH', ARGV[4], message)
+redis.call(ARGV[7], ARGV[4], message)
 return 1
 ";
 
@@ -85,13 +89,102 @@ return 1
 /// yet (queued while Redis stalled) will take no lease when it runs ([`ACQUIRE`]).
 ///
 /// KEYS: lease, the nonce's void mark. ARGV: nonce, channel, the flight's `TAG_LEN:TAG`,
-/// lease ms. Returns 1 when released, 0 when not ours.
+/// lease ms, the publish command (see [`PUBLISH`]). Returns 1 when released, 0 when not
+/// ours.
 pub(crate) const RELEASE: &str = r"
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
 local holder = redis.call('GET', KEYS[1])
 if not holder then return 0 end
 if holder ~= ARGV[1] and string.sub(holder, -(#ARGV[1] + 1)) ~= '-' .. ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], holder .. ' ' .. ARGV[3])
+redis.call(ARGV[5], ARGV[2], holder .. ' ' .. ARGV[3])
 return 1
 ";
+
+/// One of the scripts above, with its SHA1.
+#[derive(Debug)]
+pub(crate) struct Lua {
+    body: &'static str,
+    sha1: String,
+}
+
+impl Lua {
+    pub(crate) fn new(body: &'static str) -> Self {
+        Lua {
+            body,
+            sha1: redis::Script::new(body).get_hash().to_owned(),
+        }
+    }
+
+    /// A call of this script on `keys` (the first one routes it on a cluster).
+    pub(crate) fn call(&self) -> Call<'_> {
+        Call {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// A call of a script: sent as `EVALSHA`, then as `EVAL` when the node answers
+/// `NOSCRIPT` (a restarted node, or a replica promoted by a failover: Redis replicates a
+/// script's effects, not its cache). `EVAL` goes to the flight's node only, unlike the
+/// `SCRIPT LOAD` that redis-rs's own retry sends to every node of a cluster, which fails
+/// while one of them is down.
+#[derive(Debug)]
+pub(crate) struct Call<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call<'_> {
+    pub(crate) fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    pub(crate) fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    fn command(&self, by_body: bool) -> redis::Cmd {
+        let (name, script) = if by_body {
+            ("EVAL", self.lua.body)
+        } else {
+            ("EVALSHA", self.lua.sha1.as_str())
+        };
+        let mut command = redis::cmd(name);
+        command
+            .arg(script)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        command
+    }
+
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut Commands,
+    ) -> redis::RedisResult<T> {
+        match connection.query(&self.command(false)).await {
+            Err(error) if unknown_script(&error) => connection.query(&self.command(true)).await,
+            outcome => outcome,
+        }
+    }
+
+    pub(crate) fn invoke_blocking<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut Blocking,
+    ) -> redis::RedisResult<T> {
+        match connection.query(&self.command(false)) {
+            Err(error) if unknown_script(&error) => connection.query(&self.command(true)),
+            outcome => outcome,
+        }
+    }
+}
+
+fn unknown_script(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}

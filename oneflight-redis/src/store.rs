@@ -2,21 +2,21 @@
 //! connections every command goes through, the scripts of [`crate::scripts`] sent on
 //! them. Every command has a timeout.
 use futures_util::future::BoxFuture;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::RedisError;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::backend::{Backend, Blocking, Commands, Kind};
 use crate::names::Names;
 use crate::runtime;
-use crate::scripts::{ACQUIRE, PUBLISH, RELEASE, RENEW};
+use crate::scripts::{ACQUIRE, Lua, PUBLISH, RELEASE, RENEW};
 use crate::{FleetError, FleetErrorKind};
 
 /// Values up to this size ride along with the announcement of their flight's end; larger
-/// ones are fetched by each waiting process. Every subscriber of a namespace receives
-/// every announcement, so this bounds what a process may receive for flights it does not
-/// wait on.
-const ANNOUNCED_PAYLOAD: usize = 1024;
+/// ones are fetched by each waiting process. Only processes that wait on the key (or did
+/// within the last second) subscribe to its channel, so this is what saves a waiter its
+/// second round trip, and what a process that just stopped waiting may still receive.
+const ANNOUNCED_PAYLOAD: usize = 16 * 1024;
 
 /// Values up to this size travel inline, on the shared connection, under the command
 /// timeout; larger ones on the connection for large transfers, under a timeout that
@@ -81,19 +81,20 @@ pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
 /// The connections to Redis and the scripts, shared by a fleet's clones and its tasks.
 #[derive(Debug)]
 pub(crate) struct Store {
-    client: Client,
+    backend: Backend,
     /// `host:port`, for errors.
     address: Arc<str>,
-    /// `oneflight:<len>:<ns>:done`: where ends of flights are announced.
-    channel: String,
+    /// How ends of flights are announced: `PUBLISH` on one node; `SPUBLISH` on a cluster,
+    /// so that the flight's shard alone delivers it (a `PUBLISH` is copied to every node).
+    announce_with: &'static str,
     command_timeout: Duration,
     /// The connection for commands with small payloads, its response timeout the command
     /// timeout; `None` until the first command, and again after the server did not
     /// answer, so that the next command reconnects.
-    quick: Mutex<Option<MultiplexedConnection>>,
+    quick: Mutex<Option<Commands>>,
     /// The connection for values over [`INLINE_PAYLOAD`], without a response timeout of
     /// its own: each transfer is timed by its size.
-    bulk: Mutex<Option<MultiplexedConnection>>,
+    bulk: Mutex<Option<Commands>>,
     /// The keeper thread's blocking connection, and its timeout (a sixth of the lease at
     /// most, so that a renewal attempt ends in time for the next).
     blocking: Mutex<Option<Blocking>>,
@@ -103,19 +104,10 @@ pub(crate) struct Store {
 
 #[derive(Debug)]
 struct Scripts {
-    acquire: Script,
-    publish: Script,
-    renew: Script,
-    release: Script,
-}
-
-/// A blocking connection (redis-rs's has no `Debug`).
-struct Blocking(redis::Connection);
-
-impl std::fmt::Debug for Blocking {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Blocking")
-    }
+    acquire: Lua,
+    publish: Lua,
+    renew: Lua,
+    release: Lua,
 }
 
 /// Which of the store's async connections a command goes through.
@@ -134,31 +126,29 @@ fn transfer_timeout(command_timeout: Duration, bytes: usize) -> Duration {
 }
 
 impl Store {
-    pub(crate) fn new(
-        client: Client,
-        namespace: &str,
-        command_timeout: Duration,
-        lease: Duration,
-    ) -> Self {
+    pub(crate) fn new(backend: Backend, command_timeout: Duration, lease: Duration) -> Self {
         Store {
-            address: client.get_connection_info().addr().to_string().into(),
-            client,
-            channel: crate::names::channel(namespace),
+            address: backend.address().into(),
+            announce_with: match backend.kind {
+                Kind::Node(_) => "PUBLISH",
+                Kind::Cluster(_) => "SPUBLISH",
+            },
+            backend,
             command_timeout,
             quick: Mutex::new(None),
             bulk: Mutex::new(None),
             blocking: Mutex::new(None),
             blocking_timeout: command_timeout.min(lease / 6),
             scripts: Scripts {
-                acquire: Script::new(ACQUIRE),
-                publish: Script::new(PUBLISH),
-                renew: Script::new(RENEW),
-                release: Script::new(RELEASE),
+                acquire: Lua::new(ACQUIRE),
+                publish: Lua::new(PUBLISH),
+                renew: Lua::new(RENEW),
+                release: Lua::new(RELEASE),
             },
         }
     }
 
-    fn slot(&self, lane: Lane) -> &Mutex<Option<MultiplexedConnection>> {
+    fn slot(&self, lane: Lane) -> &Mutex<Option<Commands>> {
         match lane {
             Lane::Quick => &self.quick,
             Lane::Bulk(_) => &self.bulk,
@@ -170,10 +160,11 @@ impl Store {
     /// lost connection) loses the connection, so that a stalled or restarted server gets
     /// a fresh one next time; an error the server answered keeps it.
     ///
-    /// On a live quick connection the timeout is redis-rs's own response timeout, set on
-    /// the connection to the command timeout: a second timer of ours would cost every
-    /// command a timer registration (on Tokio, often a wake-up of the timer's thread) for
-    /// nothing.
+    /// On a live quick connection to one node the timeout is redis-rs's own response
+    /// timeout, set on the connection to the command timeout: a second timer of ours would
+    /// cost every command a timer registration (on Tokio, often a wake-up of the timer's
+    /// thread) for nothing. A cluster connection may retry within one command (to follow
+    /// a failover), so there the store's timer bounds the whole.
     async fn run<T, F, Fut>(
         &self,
         operation: &'static str,
@@ -181,7 +172,7 @@ impl Store {
         command: F,
     ) -> Result<T, FleetError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Commands) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let slot = self.slot(lane);
@@ -191,7 +182,9 @@ impl Store {
             Lane::Bulk(bytes) => transfer_timeout(self.command_timeout, bytes),
         };
         let outcome = match (live, lane) {
-            (Some(connection), Lane::Quick) => command(connection).await,
+            (Some(connection), Lane::Quick) if connection.times_itself() => {
+                command(connection).await
+            }
             (live, _) => {
                 let connected = async {
                     let connection = match live {
@@ -219,17 +212,14 @@ impl Store {
     }
 
     /// A new connection for `lane`, kept for the next commands.
-    async fn connect(&self, lane: Lane) -> Result<MultiplexedConnection, RedisError> {
+    async fn connect(&self, lane: Lane) -> Result<Commands, RedisError> {
         let response_timeout = match lane {
             Lane::Quick => Some(self.command_timeout),
             Lane::Bulk(_) => None,
         };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(response_timeout);
         let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+            .backend
+            .connect(self.command_timeout, response_timeout)
             .await?;
         *self
             .slot(lane)
@@ -248,7 +238,7 @@ impl Store {
     ) -> Result<Option<Vec<u8>>, FleetError> {
         let key = names.value(waited);
         self.run("fetch", Lane::Bulk(size), |mut c| async move {
-            redis::cmd("GET").arg(key).query_async(&mut c).await
+            c.query(redis::cmd("GET").arg(key)).await
         })
         .await
     }
@@ -284,23 +274,20 @@ impl Store {
     fn blocking<T>(
         &self,
         operation: &'static str,
-        command: impl Fn(&mut redis::Connection) -> Result<T, RedisError>,
+        command: impl Fn(&mut Blocking) -> Result<T, RedisError>,
     ) -> Result<T, FleetError> {
         let fail = |error| FleetError::from_redis(&self.address, operation, error);
         let mut blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
         let kept = blocking.is_some();
         for attempt in [kept, false] {
             if blocking.is_none() {
-                let timeout = self.blocking_timeout;
                 let connection = self
-                    .client
-                    .get_connection_with_timeout(timeout)
+                    .backend
+                    .connect_blocking(self.blocking_timeout)
                     .map_err(fail)?;
-                connection.set_read_timeout(Some(timeout)).map_err(fail)?;
-                connection.set_write_timeout(Some(timeout)).map_err(fail)?;
-                *blocking = Some(Blocking(connection));
+                *blocking = Some(connection);
             }
-            let Blocking(connection) = blocking.as_mut().expect("connected above");
+            let connection = blocking.as_mut().expect("connected above");
             match command(connection).map_err(fail) {
                 Err(error) if error.kind().is_unreachable() => {
                     *blocking = None;
@@ -343,8 +330,9 @@ impl Transport for Store {
             // sends the waiter to the script again, as a newcomer.
             let mut waited = waited.unwrap_or("");
             loop {
-                let mut call = self.scripts.acquire.key(names.lease());
-                call.key(names.fence())
+                let mut call = self.scripts.acquire.call();
+                call.key(names.lease())
+                    .key(names.fence())
                     .key(names.value(waited))
                     .key(names.void(nonce));
                 call.arg(millis(lease))
@@ -355,7 +343,7 @@ impl Transport for Store {
                     .arg(INLINE_PAYLOAD);
                 let reply: Vec<Vec<u8>> = self
                     .run("acquire", Lane::Quick, |mut c| async move {
-                        call.invoke_async(&mut c).await
+                        call.invoke(&mut c).await
                     })
                     .await?;
                 match self.acquire_reply(reply)? {
@@ -378,23 +366,26 @@ impl Transport for Store {
     ) -> BoxFuture<'a, Result<bool, FleetError>> {
         Box::pin(async move {
             let size = payload.len();
-            let mut call = self.scripts.publish.key(names.lease());
-            call.key(names.value(token));
+            let mut call = self.scripts.publish.call();
+            call.key(names.lease()).key(names.value(token));
             let announce = if size <= ANNOUNCED_PAYLOAD { "1" } else { "0" };
             call.arg(token)
                 .arg(payload)
                 .arg(millis(retention))
-                .arg(&self.channel)
+                .arg(names.channel())
                 .arg(announce)
-                .arg(names.announced());
+                .arg(names.announced())
+                .arg(self.announce_with);
             let lane = if size <= INLINE_PAYLOAD {
                 Lane::Quick
             } else {
                 Lane::Bulk(size)
             };
-            self.run("publish", lane, |mut c| async move {
-                call.invoke_async(&mut c).await
-            })
+            self.run(
+                "publish",
+                lane,
+                |mut c| async move { call.invoke(&mut c).await },
+            )
             .await
         })
     }
@@ -403,10 +394,11 @@ impl Transport for Store {
         self.blocking("renew", |connection| {
             self.scripts
                 .renew
+                .call()
                 .key(names.lease())
                 .arg(token)
                 .arg(millis(lease))
-                .invoke(connection)
+                .invoke_blocking(connection)
         })
     }
 
@@ -414,13 +406,15 @@ impl Transport for Store {
         self.blocking("release", |connection| {
             self.scripts
                 .release
+                .call()
                 .key(names.lease())
                 .key(names.void(nonce))
                 .arg(nonce)
-                .arg(&self.channel)
+                .arg(names.channel())
                 .arg(names.announced())
                 .arg(millis(lease))
-                .invoke(connection)
+                .arg(self.announce_with)
+                .invoke_blocking(connection)
         })
     }
 }
