@@ -2,6 +2,8 @@
 //! free loopback port, and the replica processes (this test binary, re-executed).
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "../../examples/shared/redis_cluster.rs"]
+pub mod redis_cluster;
 pub mod replica;
 
 use redis_test::server::RedisServer;
@@ -43,6 +45,25 @@ pub fn server() -> Option<Server> {
     let server = Server { server, port };
     server.wait_ready();
     Some(server)
+}
+
+/// Starts a local cluster (3 masters, 3 replicas) in `dir`, or returns `None` after saying
+/// why the test is skipped: no `redis-server`/`redis-cli`, and `ONEFLIGHT_REDIS_REQUIRED`
+/// not set.
+pub fn cluster(dir: &Path) -> Option<redis_cluster::RedisCluster> {
+    if !redis_cluster::cluster_tools_found() {
+        if std::env::var_os(REQUIRED).is_some_and(|v| v == "1") {
+            panic!(
+                "{REQUIRED}=1 but no redis-server and redis-cli on PATH: apt-get install -y redis-server"
+            );
+        }
+        println!(
+            "oneflight-redis cluster test skipped: no redis-server and redis-cli on PATH \
+             (install them with `apt-get install -y redis-server`; CI sets {REQUIRED}=1)"
+        );
+        return None;
+    }
+    Some(redis_cluster::RedisCluster::start(dir).unwrap_or_else(|e| panic!("local cluster: {e}")))
 }
 
 impl Server {
