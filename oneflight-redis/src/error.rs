@@ -210,9 +210,13 @@ impl FleetError {
             return Some("check the Redis URL, credentials and protocol given to the client");
         }
         Some(match self.code()? {
-            "MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN" | "TRYAGAIN" => {
-                "this server is a Redis Cluster node, and the fleet speaks to one node: \
-                 point it at a standalone Redis (or its master)"
+            "MOVED" | "ASK" | "CROSSSLOT" => {
+                "this server is a Redis Cluster node: give the fleet a \
+                 `redis::cluster::ClusterClient` (see `Backend`) instead of a `redis::Client`"
+            }
+            "CLUSTERDOWN" | "TRYAGAIN" => {
+                "the cluster does not serve this key's slot now (a failover, or slots \
+                 uncovered): calls degrade until it does"
             }
             "READONLY" => "this server is a replica: point the fleet at the master",
             "OOM" => {
@@ -220,10 +224,11 @@ impl FleetError {
                  (the fleet's keys all have TTLs)"
             }
             "WRONGTYPE" => "another program writes keys under the fleet's `oneflight:` prefix",
-            "NOSCRIPT" => "the server does not keep the fleet's scripts (SCRIPT LOAD refused?)",
+            "NOSCRIPT" => "the server refused the fleet's scripts (is EVAL allowed?)",
             "NOPERM" => {
-                "the ACL user may not run the fleet's commands: allow EVALSHA, EVAL, SCRIPT, \
-                 GET, PUBLISH, SUBSCRIBE and PING on keys `oneflight:*`"
+                "the ACL user may not run the fleet's commands: allow EVALSHA, EVAL, GET, \
+                 PUBLISH, SUBSCRIBE, UNSUBSCRIBE, PING (on a cluster: SPUBLISH, SSUBSCRIBE, \
+                 SUNSUBSCRIBE) on keys and channels `oneflight:*`"
             }
             _ => return None,
         })

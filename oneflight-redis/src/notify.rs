@@ -30,7 +30,7 @@
 
 use event_listener::{Event, EventListener};
 use futures_util::StreamExt;
-use futures_util::future::{Either, select};
+use futures_util::future::{Either, select, try_join_all};
 use futures_util::stream::BoxStream;
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
@@ -100,14 +100,28 @@ impl Subscriptions {
     async fn subscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
         match self {
             Subscriptions::Node(sink) => sink.subscribe(channels).await,
-            Subscriptions::Cluster(connection) => connection.ssubscribe(channels).await,
+            // One command per channel: the channels of different keys live on different
+            // slots (one `SSUBSCRIBE` for several would be refused with `CROSSSLOT`).
+            Subscriptions::Cluster(connection) => {
+                let each = channels.into_iter().map(|channel| {
+                    let mut connection = connection.clone();
+                    async move { connection.ssubscribe(channel).await }
+                });
+                try_join_all(each).await.map(drop)
+            }
         }
     }
 
     async fn unsubscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
         match self {
             Subscriptions::Node(sink) => sink.unsubscribe(channels).await,
-            Subscriptions::Cluster(connection) => connection.sunsubscribe(channels).await,
+            Subscriptions::Cluster(connection) => {
+                let each = channels.into_iter().map(|channel| {
+                    let mut connection = connection.clone();
+                    async move { connection.sunsubscribe(channel).await }
+                });
+                try_join_all(each).await.map(drop)
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! The replica process of the process tests (this test binary, re-executed with
 //! `ONEFLIGHT_REPLICA` set), and the test side's set-up around it.
 //!
-//! A replica's settings come from the environment: `URL`, `DIR`, `KEYS`, `CALLERS` (per
+//! A replica's settings come from the environment: `URL` (one node) or `CLUSTER` (the
+//! URLs of a cluster's nodes, comma-separated), `DIR`, `KEYS`, `CALLERS` (per
 //! key), `LEASE_MS`, `POLL_MS`, `MAX_WAIT_MS`, `TIMEOUT_MS` (per Redis command),
 //! `RETRY_MS`, `FIRST_LOAD_MS` and `LOAD_MS` (how long the first load of a key in a
 //! phase takes, and any later one), `FIRST` (`panic` or `err`: what the first load does
@@ -80,12 +81,20 @@ pub fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let client = oneflight_redis::redis::Client::open(env_str("URL")).unwrap();
+    let backend: oneflight_redis::Backend = match std::env::var("CLUSTER") {
+        Ok(urls) => {
+            let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
+            super::redis_cluster::client_for(&urls).into()
+        }
+        Err(_) => oneflight_redis::redis::Client::open(env_str("URL"))
+            .unwrap()
+            .into(),
+    };
     let ms = |name, default| Duration::from_millis(env_u64(name, default));
     let mut fleets: BTreeMap<&'static str, Fleet<String>> = BTreeMap::new();
     for flight in flights() {
         fleets.entry(flight.namespace).or_insert_with(|| {
-            Fleet::builder(client.clone(), flight.namespace)
+            Fleet::builder(backend.clone(), flight.namespace)
                 .lease(ms("LEASE_MS", 5000))
                 .poll_interval(ms("POLL_MS", 250))
                 .max_wait(ms("MAX_WAIT_MS", 30_000))
@@ -317,9 +326,9 @@ async fn load(
     Ok(value)
 }
 
-/// A test's server, scratch directory and common replica settings.
-pub struct Setup {
-    pub server: Server,
+/// A test's server (or cluster), scratch directory and common replica settings.
+pub struct Setup<S = Server> {
+    pub server: S,
     pub scratch: Scratch,
     pub env: Vec<(&'static str, String)>,
 }
@@ -339,7 +348,26 @@ pub fn setup(name: &str, settings: &[(&'static str, &str)]) -> Option<Setup> {
     })
 }
 
-impl Setup {
+/// As [`setup`], on a local cluster of the test's own (`setup.server`).
+pub fn cluster_setup(
+    name: &str,
+    settings: &[(&'static str, &str)],
+) -> Option<Setup<super::redis_cluster::RedisCluster>> {
+    let scratch = Scratch::new(name);
+    let cluster = cluster(&scratch.0)?;
+    let mut env = vec![
+        ("CLUSTER", cluster.urls().join(",")),
+        ("DIR", scratch.0.display().to_string()),
+    ];
+    env.extend(settings.iter().map(|(n, v)| (*n, v.to_string())));
+    Some(Setup {
+        server: cluster,
+        scratch,
+        env,
+    })
+}
+
+impl<S> Setup<S> {
     pub fn start(&self, extra: &[(&'static str, &str)]) -> Replica {
         let mut env = self.env.clone();
         env.extend(extra.iter().map(|(n, v)| (*n, v.to_string())));
