@@ -6,9 +6,12 @@
 //! apt-get install -y redis-server      # or pass --redis redis://HOST:PORT/
 //! cargo run --release -p oneflight-redis --example fleet_stampede
 //! cargo run --release -p oneflight-redis --example fleet_stampede -- --replicas 8 --kill-holder
+//! cargo run --release -p oneflight-redis --example fleet_stampede -- --cluster
 //! ```
 //!
-//! It starts its own `redis-server` on a free loopback port unless `--redis` is given,
+//! It starts its own `redis-server` on a free loopback port unless `--redis` is given
+//! (with `--cluster`, its own local Redis Cluster of 3 masters and 3 replicas, unless
+//! `--redis-cluster URL,URL,...` is given),
 //! fills a table of `--rows` rows that a lookup must scan, then starts `--replicas`
 //! processes (this program again) that each fire `--requests` concurrent lookups over
 //! `--keys` hot keys, released together. `--kill-holder` kills the replica that holds the
@@ -21,9 +24,12 @@ mod sqlite;
 #[path = "shared/redis_server.rs"]
 mod redis_server;
 use redis_server::RedisServer;
+#[path = "shared/redis_cluster.rs"]
+mod redis_cluster;
+use redis_cluster::RedisCluster;
 
 use oneflight::Group;
-use oneflight_redis::{Fleet, redis};
+use oneflight_redis::{Backend, Fleet, redis};
 use rusqlite::Connection;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -48,7 +54,20 @@ struct Options {
     keys: usize,
     rows: usize,
     redis: Option<String>,
+    /// On a cluster: its own local one (`Some(empty)`), or these nodes.
+    cluster: Option<Vec<String>>,
     kill_holder: bool,
+}
+
+/// How replicas reach Redis, as one argument: a URL, or `cluster:URL,URL,...`.
+fn backend_of(target: &str) -> Backend {
+    match target.strip_prefix("cluster:") {
+        Some(urls) => {
+            let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
+            redis_cluster::client_for(&urls).into()
+        }
+        None => redis::Client::open(target).expect("a redis URL").into(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -73,6 +92,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         keys: 4,
         rows: 200_000,
         redis: None,
+        cluster: None,
         kill_holder: false,
     };
     let mut args = args.iter();
@@ -89,11 +109,17 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--keys" => options.keys = number()?,
             "--rows" => options.rows = number()?,
             "--redis" => options.redis = Some(args.next().ok_or("--redis needs a URL")?.clone()),
+            "--cluster" => options.cluster = Some(Vec::new()),
+            "--redis-cluster" => {
+                let urls = args.next().ok_or("--redis-cluster needs URL,URL,...")?;
+                options.cluster = Some(urls.split(',').map(str::to_owned).collect());
+            }
             "--kill-holder" => options.kill_holder = true,
             _ => {
                 return Err(format!(
                     "unknown argument {flag}; usage: fleet_stampede [--replicas N] [--requests N] \
-                     [--keys N] [--rows N] [--redis URL] [--kill-holder]"
+                     [--keys N] [--rows N] [--redis URL] [--cluster] \
+                     [--redis-cluster URL,URL,...] [--kill-holder]"
                 ));
             }
         }
@@ -125,10 +151,15 @@ fn run(options: &Options) -> Result<bool, String> {
     let dir = std::env::temp_dir().join(format!("oneflight-fleet-stampede-{}", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let own_server;
-    let url = match &options.redis {
-        Some(url) => url.clone(),
-        None => {
+    let (own_server, own_cluster);
+    let url = match (&options.cluster, &options.redis) {
+        (Some(urls), _) if !urls.is_empty() => format!("cluster:{}", urls.join(",")),
+        (Some(_), _) => {
+            own_cluster = RedisCluster::start(&dir)?;
+            format!("cluster:{}", own_cluster.urls().join(","))
+        }
+        (None, Some(url)) => url.clone(),
+        (None, None) => {
             own_server = RedisServer::start(&dir)?;
             own_server.url()
         }
@@ -308,8 +339,7 @@ fn replica(args: &[String]) -> ExitCode {
     runtime.block_on(async {
         let pool = Arc::new(Pool::open(Path::new(db), 4));
         let group: Group<String, Lookup> = Group::new();
-        let client = redis::Client::open(url.as_str()).expect("a redis URL");
-        let fleet: Fleet<Lookup> = Fleet::builder(client, "fleet-stampede")
+        let fleet: Fleet<Lookup> = Fleet::builder(backend_of(url), "fleet-stampede")
             .lease(Duration::from_secs(1))
             .poll_interval(Duration::from_millis(100))
             .build();

@@ -379,3 +379,51 @@ async fn cluster_error_answered_degrades_that_call_only() {
     );
     assert_eq!((fleet.stats().fallbacks, other.stats().received), (3, 1));
 }
+
+/// Needs the `smol` feature: with `tokio` alone, the `redis` crate runs on Tokio only.
+/// On smol, a cluster fleet renews a lease (the load lasts three), a waiting process
+/// hears the end on its key's sharded channel (polls are 10 s apart), and neither loads
+/// twice.
+#[cfg(feature = "smol")]
+#[test]
+fn cluster_on_smol_renews_waits_and_hears_hints() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new("cluster-smol");
+    let Some(cluster) = cluster(&scratch.0) else {
+        return;
+    };
+    smol::block_on(async {
+        let build = |lease: u64, poll: u64| {
+            Fleet::<String>::builder(cluster.client(), "smol")
+                .lease(Duration::from_millis(lease))
+                .poll_interval(Duration::from_millis(poll))
+                .build()
+        };
+        let (holder, waiter) = (build(600, 500), build(20_000, 10_000));
+        let started = Instant::now();
+        let (x, y) = futures_util::join!(
+            holder.work("k", async {
+                smol::Timer::after(Duration::from_millis(1800)).await;
+                "on smol".to_owned()
+            }),
+            async {
+                smol::Timer::after(Duration::from_millis(100)).await;
+                waiter.work("k", async { "not loaded".to_owned() }).await
+            }
+        );
+        assert_eq!((x.as_str(), y.as_str()), ("on smol", "on smol"));
+        let (h, w) = (holder.stats(), waiter.stats());
+        assert_eq!(
+            (h.loads, h.late_publishes, h.redis_errors),
+            (1, 0, 0),
+            "{h:?}"
+        );
+        assert_eq!((w.received, w.takeovers, w.fallbacks), (1, 0, 0), "{w:?}");
+        // Heard, not polled: the next poll would have come 10 s after the first ask.
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}

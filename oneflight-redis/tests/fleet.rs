@@ -521,6 +521,49 @@ async fn redis_round_trips_per_flight_two_for_the_holder_one_for_a_waiting_proce
     assert_eq!(costs, [(2, 2, 1), (2, 1, 0)]);
 }
 
+/// A server that forgot the fleet's scripts (a restart, a failover to a replica that
+/// never ran them, `SCRIPT FLUSH`) answers `NOSCRIPT`; the fleet sends the script's body
+/// instead (`EVAL`), and the flight goes through Redis as before.
+#[tokio::test]
+async fn a_server_that_forgot_the_scripts_is_sent_them_again() {
+    let Some(server) = server() else { return };
+    let build = || {
+        Fleet::<String>::builder(server.client(), "noscript")
+            .lease(Duration::from_secs(20))
+            .poll_interval(Duration::from_secs(10))
+            .build()
+    };
+    let (holder, waiter) = (build(), build());
+    holder.work("warm", async { String::new() }).await;
+    waiter.work("warm", async { String::new() }).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.connection())
+        .unwrap();
+    let evals = calls(&server, "eval");
+    let (x, y) = tokio::join!(
+        holder.work("k", async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "shared".to_owned()
+        }),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waiter.work("k", async { "not loaded".to_owned() }).await
+        }
+    );
+    assert_eq!((x.as_str(), y.as_str()), ("shared", "shared"));
+    let (h, w) = (holder.stats(), waiter.stats());
+    assert_eq!(
+        (h.answered, h.fallbacks, w.answered, w.fallbacks),
+        (0, 0, 0, 0)
+    );
+    assert_eq!((h.loads, w.loads, w.received), (2, 1, 1), "{h:?} {w:?}");
+    assert!(
+        calls(&server, "eval") > evals,
+        "the scripts were sent by body"
+    );
+}
+
 /// A load that blocks its worker thread (and with it, on Tokio, the runtime's timers and
 /// I/O, whose driver that worker may hold) still has its lease renewed: by the fleet's
 /// keeper thread, not by a task. The waiter runs on a runtime of its own.
