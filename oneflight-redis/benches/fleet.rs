@@ -26,11 +26,16 @@
 //!     without this crate's code.
 //! - **commands per flight**, from `INFO commandstats`: for the holder, for a waiting
 //!   process, and for a waiting process with 1,000 callers.
+//! - **uncontended call on a cluster** (when `redis-cli` is there to make one: a local
+//!   cluster of 3 masters and 3 replicas): the fleet with a `ClusterClient`, against the
+//!   protocol floor sent bare to the node that owns the keys' slot.
 //!
 //! After criterion, the summary times fleet and floors again in interleaved rounds
 //! (fleet, floor, protocol floor, fleet, ...) and prints one table with the ratios.
 //! `cargo bench -p oneflight-bench --bench fleet -- summary` runs only the summary.
 
+#[path = "../examples/shared/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../examples/shared/redis_server.rs"]
 mod redis_server;
 #[macro_use]
@@ -42,7 +47,7 @@ mod floors;
 mod report;
 
 use criterion::Criterion;
-use oneflight_redis::{Fleet, redis};
+use oneflight_redis::{Backend, Fleet, redis};
 use redis_server::RedisServer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -100,8 +105,8 @@ fn setup() -> Setup {
 /// the waiter fleet's subscriber would otherwise hear each of its announcements, in this
 /// one process on a 2-core machine, where in a real fleet other machines hear them (the
 /// floors, too, publish on channels nobody listens to).
-pub(crate) fn fleet(client: &redis::Client, namespace: &str) -> Fleet<u64> {
-    Fleet::builder(client.clone(), namespace)
+pub(crate) fn fleet(backend: impl Into<Backend>, namespace: &str) -> Fleet<u64> {
+    Fleet::builder(backend, namespace)
         .lease(Duration::from_secs(10))
         .poll_interval(Duration::from_secs(5))
         .build()

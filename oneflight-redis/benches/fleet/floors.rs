@@ -56,7 +56,27 @@ impl Protocol {
     /// The protocol floor of an uncontended flight: acquire, then publish, bare.
     pub(crate) async fn flight(&self, connection: &mut redis::aio::MultiplexedConnection) {
         let key = next_key();
-        let names = |part: &str| format!("proto:{{{key}}}:{part}");
+        self.flight_named(connection, |part| format!("proto:{{{key}}}:{part}"))
+            .await
+    }
+
+    /// The same, on keys in the slot of the hash tag `tag` (a cluster node that owns it
+    /// takes them all).
+    pub(crate) async fn flight_in_slot(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        tag: &str,
+    ) {
+        let key = next_key();
+        self.flight_named(connection, |part| format!("proto:{{{tag}}}:{key}:{part}"))
+            .await
+    }
+
+    async fn flight_named(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        names: impl Fn(&str) -> String,
+    ) {
         let nonce = "0123456789abcdef";
         let (kind, token): (String, String) = self
             .acquire
@@ -74,7 +94,7 @@ impl Protocol {
             .await
             .unwrap();
         assert_eq!(kind, "hold");
-        self.publish(connection, &names("lease"), &token, "proto:done")
+        self.publish(connection, &names("lease"), &token, &names("done"))
             .await;
     }
 
@@ -96,6 +116,7 @@ impl Protocol {
             .arg(channel)
             .arg("1")
             .arg("11:{1:p3:key}")
+            .arg("PUBLISH")
             .invoke_async(connection)
             .await
             .unwrap();

@@ -10,8 +10,11 @@ use oneflight_redis::redis;
 
 pub(crate) fn benches(c: &mut Criterion, setup: &Setup) {
     let rt = &setup.runtime;
-    let alone = fleet(&setup.client, "alone");
-    let (holder, waiter) = (fleet(&setup.client, "bench"), fleet(&setup.client, "bench"));
+    let alone = fleet(setup.client.clone(), "alone");
+    let (holder, waiter) = (
+        fleet(setup.client.clone(), "bench"),
+        fleet(setup.client.clone(), "bench"),
+    );
     let script = redis::Script::new(BARE_PUBLISH);
     let protocol = Protocol::new();
     let connection = rt
@@ -61,8 +64,11 @@ pub(crate) fn benches(c: &mut Criterion, setup: &Setup) {
 
 pub(crate) fn summary(setup: &Setup) {
     let rt = &setup.runtime;
-    let alone = fleet(&setup.client, "alone");
-    let (holder, waiter) = (fleet(&setup.client, "bench"), fleet(&setup.client, "bench"));
+    let alone = fleet(setup.client.clone(), "alone");
+    let (holder, waiter) = (
+        fleet(setup.client.clone(), "bench"),
+        fleet(setup.client.clone(), "bench"),
+    );
     let script = redis::Script::new(BARE_PUBLISH);
     let protocol = Protocol::new();
     let connect = || {
@@ -210,9 +216,68 @@ pub(crate) fn summary(setup: &Setup) {
         "| Redis commands per flight, holder | {holder_calls} scripts ({holder_all} commands in all) | | <= 3 |"
     );
     println!(
-        "| Redis commands per flight, waiting process, 1 caller | {one_caller} script | | <= 3 |"
+        "| Redis commands per flight, waiting process (a key it did not wait on in the last second: + SUBSCRIBE), 1 caller | {one_caller} scripts | | <= 3 |"
     );
     println!(
-        "| Redis commands per flight, waiting process, 1,000 callers | {thousand} script ({thousand_all} commands in all) | | same as 1 caller |"
+        "| Redis commands per flight, waiting process, 1,000 callers | {thousand} scripts ({thousand_all} commands in all) | | same as 1 caller |"
     );
+    cluster_rows(setup);
+}
+
+/// The uncontended call on a local cluster, against the protocol floor sent bare to the
+/// node that owns the floor's slot.
+fn cluster_rows(setup: &Setup) {
+    let rt = &setup.runtime;
+    let dir = std::env::temp_dir().join(format!(
+        "oneflight-fleet-bench-cluster-{}",
+        std::process::id()
+    ));
+    let cluster = match crate::redis_cluster::RedisCluster::start(&dir) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            println!("| uncontended call on a cluster | not measured: {e} | | |");
+            return;
+        }
+    };
+    let alone = fleet(cluster.client(), "alone");
+    let owner = cluster
+        .master_of("{floor}")
+        .expect("a master for the floor's slot");
+    let node = redis::Client::open(format!("redis://127.0.0.1:{owner}/")).unwrap();
+    let mut connection = rt
+        .block_on(node.get_multiplexed_async_connection())
+        .unwrap();
+    let protocol = Protocol::new();
+    rt.block_on(alone.work("warm", async { 0 }));
+    rt.block_on(protocol.flight_in_slot(&mut connection, "floor"));
+    let [fleet_call, floor_call] = interleaved(
+        PER_ROUND,
+        [
+            &mut || {
+                timed!(
+                    rt,
+                    PER_ROUND,
+                    stopwatch(alone.work(&next_key(), async { 1 }))
+                )
+            },
+            &mut || {
+                timed!(
+                    rt,
+                    PER_ROUND,
+                    stopwatch(protocol.flight_in_slot(&mut connection, "floor"))
+                )
+            },
+        ],
+    );
+    println!(
+        "| **uncontended call on a cluster** (3 masters, 3 replicas), fleet with a `ClusterClient` | {:.1} µs | | |",
+        fleet_call.ns / 1e3
+    );
+    println!(
+        "| protocol floor on the cluster: the two scripts sent bare to the owning node | {:.1} µs | **{:.2}x** | |",
+        floor_call.ns / 1e3,
+        floor_call.first_over_this
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }
