@@ -197,7 +197,7 @@ impl<V> FleetBuilder<V> {
     /// how long new flights skip Redis and deduplicate in-process only, before Redis is
     /// tried again (default 1 s; `Duration::MAX`: never again). It keeps a down or stalled
     /// server from adding a command timeout to every call. Errors that Redis answers
-    /// (`MOVED`, `OOM`, ...) never start a rest.
+    /// (`OOM`, `WRONGTYPE`, ...) never start a rest.
     ///
     /// ```
     /// # use oneflight_redis::{Fleet, redis};

@@ -59,12 +59,22 @@ impl<V> Fleet<V> {
     /// interval 250 ms; max wait 30 s; command timeout 1 s; values up to 16 MiB;
     /// postcard). Connects lazily, at its first call, so it cannot fail here.
     ///
+    /// `backend` is a [`redis::Client`] (one node) or a
+    /// [`redis::cluster::ClusterClient`] (a Redis Cluster, built with RESP3 for hints):
+    /// see [`Backend`].
+    ///
     /// ```
     /// use oneflight_redis::{Fleet, redis};
     ///
     /// let client = redis::Client::open("redis://127.0.0.1/").unwrap();
     /// let fleet: Fleet<Vec<u8>> = Fleet::new(client, "thumbnails");
-    /// # drop(fleet);
+    ///
+    /// let cluster = redis::cluster::ClusterClient::builder(["redis://10.0.0.1:7000/"])
+    ///     .use_protocol(redis::ProtocolVersion::RESP3)
+    ///     .build()
+    ///     .unwrap();
+    /// let on_cluster: Fleet<Vec<u8>> = Fleet::new(cluster, "thumbnails");
+    /// # drop((fleet, on_cluster));
     /// ```
     pub fn new(backend: impl Into<Backend>, namespace: &str) -> Self {
         Self::builder(backend, namespace).build()
@@ -293,7 +303,7 @@ where
 
     /// As [`try_work`](Self::try_work), for callers that must not load without the fleet:
     /// when Redis cannot help (down, slow, resting after repeated failures, an answered
-    /// error such as `MOVED`), the load does not run and the callers of this process's
+    /// error such as `OOM`), the load does not run and the callers of this process's
     /// flight get [`WorkError::Redis`]. The load's own error is [`WorkError::Load`]. A
     /// wait that reaches `max_wait` still loads here.
     ///

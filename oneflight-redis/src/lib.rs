@@ -7,6 +7,9 @@
 //! one exchange per process per flight. Nothing is cached: a call that arrives after a
 //! flight ended starts a new flight.
 //!
+//! Redis is one node ([`redis::Client`]) or a Redis Cluster
+//! ([`redis::cluster::ClusterClient`]): see [`Backend`] and [Redis Cluster](#redis-cluster).
+//!
 //! ```no_run
 //! use oneflight_redis::{Fleet, redis};
 //!
@@ -36,7 +39,7 @@
 //!                                                                 poll_interval
 //!  publish (only while lease == T1):
 //!    SET value:T1, DEL lease,
-//!    PUBLISH "T1 value" ───────────────────────────────────────▶ hint: a small value
+//!    PUBLISH on T1's key ──────────────────────────────────────▶ hint: a small value
 //!                                                                 comes with it, done;
 //!                                                  ◀──────────── else, or on a poll,
 //!                                                                 acquire(waited T1):
@@ -58,18 +61,22 @@
 //!   was lost, an acquire whose caller was cancelled, a runtime shutting down. A release
 //!   also voids the nonce, so that an acquire that a stalled Redis runs late takes
 //!   nothing.
-//! - **Pub/sub is a hint.** Redis drops messages across reconnects, so a waiter also
-//!   polls every `poll_interval`; a lost hint costs at most one interval. A hint carries
-//!   values up to 1 KiB, so that a waiting process usually needs one round trip per
-//!   flight; every process of the namespace that ever waited receives every hint. The
-//!   subscriber pings when quiet and is replaced when its connection goes silent or its
-//!   runtime drops it.
+//! - **Pub/sub is a hint, heard only by processes that wait.** The end of a flight is
+//!   announced on its key's own channel, `oneflight:TAG:done`, to which a process
+//!   subscribes while it waits on that key (and one second more, for a hot key's next
+//!   flight); Redis's work per flight is one publish plus one delivery per waiting
+//!   process, whatever the size of the fleet. A process that subscribes anew asks Redis
+//!   once more right after, for an end announced before. Redis drops messages across
+//!   reconnects, so a waiter also polls every `poll_interval`; a lost hint costs at most
+//!   one interval. A hint carries values up to 16 KiB, so that a waiting process needs
+//!   no second round trip for them. The subscriber pings when quiet and is replaced when
+//!   its connection goes silent or its runtime drops it.
 //! - **Every command has a timeout** (`command_timeout`; values over 64 KiB travel on a
 //!   connection of their own, with more time by their size).
 //!
 //! A flight's keys share a length-prefixed tag, `{<len>:<namespace><len>:<key>}`, so
 //! that no two (namespace, key) pairs share a lease or a value, and a Redis Cluster
-//! keeps them on one slot: `oneflight:TAG:lease`, `…:value:TOKEN` (kept a lease and a
+//! keeps them on one slot (the tag is the hash tag): `oneflight:TAG:lease`, `…:value:TOKEN` (kept a lease and a
 //! poll interval for late pollers), `…:void:NONCE` (a lease), and, for keys loaded with
 //! `work_fenced`, `…:fence` (the last fencing number, kept a day). Every key has a TTL.
 //! Values travel in a versioned envelope that names the value's type: a value sealed for
@@ -94,11 +101,42 @@
 //!   answered, an undecodable payload): the call goes on with in-process deduplication
 //!   and [`Fleet::stats`] counts it by kind. A process stops asking Redis (for
 //!   `retry_redis_after`) only after two commands in a row went unanswered, and any
-//!   answer ends that rest. An error Redis answers (`MOVED`, `OOM`, `WRONGTYPE`, ...)
+//!   answer ends that rest. An error Redis answers (`OOM`, `WRONGTYPE`, `READONLY`, ...)
 //!   degrades that call only and is said once on standard error, with what to do.
 //!   [`Fleet::try_work_or_fail`] returns the [`FleetError`] instead of degrading.
 //! - **Values up to 16 MiB** cross processes with the default settings; a larger one
 //!   (over `max_value_size`) stays with the holder's callers, and its lease is released.
+//!
+//! # Redis Cluster
+//!
+//! Give the fleet a [`redis::cluster::ClusterClient`] built with RESP3
+//! (`.use_protocol(redis::ProtocolVersion::RESP3)`), and every behaviour above holds:
+//!
+//! - **Hash tags**: a flight's keys share the tag above, so each script runs atomically
+//!   on the one node that owns the flight's slot, routed by redis-rs, which follows
+//!   `MOVED` and `ASK` after a failover or a resharding. Different keys spread over the
+//!   masters.
+//! - **Hints** are sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`, Redis 7.0 or later) on the
+//!   key's channel, which lives in the key's slot: the flight's shard delivers the end
+//!   to the processes that wait on it, whichever node they first connected to, and
+//!   nothing crosses the cluster bus (a plain `PUBLISH` is copied to every node). Over
+//!   RESP2, redis-rs's cluster client cannot subscribe: waiters then poll, and the fleet
+//!   says so once on standard error.
+//! - **Scripts after a failover**: Redis replicates a script's effects, not its cache,
+//!   so a promoted replica answers `NOSCRIPT`; the fleet then sends the script's body
+//!   (`EVAL`) to that node, once.
+//! - **What a failover costs**: calls on the failed master's slots wait while the
+//!   cluster elects a replica (node timeout plus election: 2-3 s with a 1 s node timeout
+//!   in the tests) if `command_timeout` is longer than that; otherwise they go on with
+//!   in-process deduplication meanwhile. A lease the replica had not received yet is
+//!   lost: that key is loaded once more, at most once per flight in the air. Nobody
+//!   hangs, and the fleet deduplicates again as soon as the slot is served, without a
+//!   restart. On a cluster, set `command_timeout` above your failover time.
+//! - The keeper's renewals and releases use redis-rs's blocking cluster connection,
+//!   which retries within one command: while a master is unreachable, one renewal can
+//!   hold the keeper's thread for several attempts, and the renewals of keys on other
+//!   masters wait meanwhile. A lease that expires early that way costs one more load of
+//!   its key, as a failover does.
 //!
 //! # Limits
 //!
@@ -114,8 +152,8 @@
 //!   `volatile-*` policy (the fleet's keys all have TTLs, so `volatile-lru` may evict
 //!   them under memory pressure: a lease evicted early lets a second process load). Never
 //!   `allkeys-*` on the same instance as the fleet if you rely on one load per key.
-//! - **One Redis node.** With replication, a failover can lose a lease that was not yet
-//!   replicated (as any single-instance Redis lock); the fleet then loads twice, once.
+//! - **A failover can lose a lease** that was not replicated yet (as any Redis lock):
+//!   that key is then loaded once more, once. See [Redis Cluster](#redis-cluster).
 //! - Every process of a fleet must use the same namespace, codec and crate version.
 //! - A fleet used on a second runtime after its first was dropped loses the first
 //!   command of each connection to it (that call degrades); then it reconnects.
@@ -209,3 +247,8 @@ mod model;
 pub mod bench_support {
     pub use crate::scripts::{ACQUIRE, PUBLISH};
 }
+
+/// The README's examples, compiled as doc tests so that they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
