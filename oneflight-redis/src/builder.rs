@@ -20,6 +20,10 @@ pub(crate) struct Config {
     pub(crate) name: String,
     /// Whether spans record keys.
     pub(crate) record_keys: bool,
+    /// For a [`Cache`](crate::Cache)'s flights: how long a published value is kept, as
+    /// the cached value (`fresh_for + stale_for`); `None` for a fleet, whose values are
+    /// kept only for waiters (see [`Config::retention`]).
+    pub(crate) cache_for: Option<Duration>,
 }
 
 /// The largest `max_value_size`: Redis's default `proto-max-bulk-len`.
@@ -37,6 +41,7 @@ impl Default for Config {
             codec: Codec::Postcard,
             name: String::new(),
             record_keys: true,
+            cache_for: None,
         }
     }
 }
@@ -45,8 +50,10 @@ impl Config {
     /// How long a published value is kept for waiters that poll: a lease, and one poll
     /// interval more, so that a waiter that saw the lease held at its last poll finds
     /// the value at its next one.
+    /// A cache keeps it as its cached value instead.
     pub(crate) fn retention(&self) -> Duration {
-        self.lease.saturating_add(self.poll_interval)
+        self.cache_for
+            .unwrap_or_else(|| self.lease.saturating_add(self.poll_interval))
     }
 
     /// Panics, naming the setting, when the settings cannot work together.
@@ -102,7 +109,7 @@ impl Config {
 pub struct FleetBuilder<V> {
     backend: Backend,
     namespace: String,
-    config: Config,
+    pub(crate) config: Config,
     value: PhantomData<fn() -> V>,
 }
 

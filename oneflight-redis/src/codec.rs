@@ -84,6 +84,20 @@ impl Codec {
         token: &str,
         payload: &[u8],
     ) -> Result<V, String> {
+        let (sealed_token, value) = self.open_any::<V>(payload)?;
+        if sealed_token != token {
+            return Err("the envelope belongs to another flight".to_owned());
+        }
+        Ok(value)
+    }
+
+    /// The token and value in `payload`, if it is an envelope of this version, codec and
+    /// type, whichever flight published it: for a cache's value, which any flight of the
+    /// key may have stored.
+    pub(crate) fn open_any<V: DeserializeOwned>(
+        self,
+        payload: &[u8],
+    ) -> Result<(String, V), String> {
         let body = match payload.split_at_checked(HEADER) {
             Some((header, body)) if header == self.header::<V>() => body,
             _ => match payload {
@@ -99,7 +113,7 @@ impl Codec {
                 _ => return Err("not an envelope".to_owned()),
             },
         };
-        let (sealed_token, value): (String, V) = match self {
+        Ok(match self {
             Codec::Postcard => {
                 let mut inner = postcard::Deserializer::from_bytes(body);
                 let limited = Limited {
@@ -110,11 +124,7 @@ impl Codec {
             }
             // serde_json limits nesting to 128 levels by itself.
             Codec::Json => serde_json::from_slice(body).map_err(|e| e.to_string())?,
-        };
-        if sealed_token != token {
-            return Err("the envelope belongs to another flight".to_owned());
-        }
-        Ok(value)
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::builder::Config;
-use crate::flight::{Fencing, Link, Local, RedisFailed, Shared};
+use crate::flight::{Fencing, Link, Local, Mode, RedisFailed, Shared};
 use crate::health::Health;
 use crate::keeper::Keeper;
 
@@ -50,8 +50,8 @@ pub struct Fleet<V> {
     /// `Result` with a type-erased error so that `work`, `try_work` and
     /// `try_work_or_fail` callers of any error type share one flight per key (one Redis
     /// exchange per process), as two plain groups could not.
-    group: Group<String, Local<V>>,
-    link: Arc<Link>,
+    pub(crate) group: Group<String, Local<V>>,
+    pub(crate) link: Arc<Link>,
 }
 
 impl<V> Fleet<V> {
@@ -95,7 +95,8 @@ impl<V> Fleet<V> {
     }
 
     pub(crate) fn from_parts(backend: Backend, namespace: &str, config: Config) -> Self {
-        let store = Store::new(backend.clone(), config.command_timeout, config.lease);
+        let cache = config.cache_for.is_some();
+        let store = Store::new(backend.clone(), config.command_timeout, config.lease, cache);
         Self::with_transport(Arc::new(store), backend, namespace, config)
     }
 
@@ -144,11 +145,6 @@ impl<V> Fleet<V> {
                 namespace: namespace.to_owned(),
             }),
         }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn link(&self) -> &Arc<Link> {
-        &self.link
     }
 
     /// The counters since this fleet was created, shared by its clones.
@@ -258,7 +254,10 @@ where
         F: IntoFuture<Output = V>,
     {
         let load = |fence| async move { Ok(load(fence).await) };
-        match self.call(key, fencing, load, false, |_| false).await {
+        match self
+            .call(key, fencing, load, Mode::Degrade, |_| false)
+            .await
+        {
             Ok(value) => value,
             Err(_) => unreachable!("oneflight-redis: a `work` flight of this caller cannot fail"),
         }
@@ -293,7 +292,9 @@ where
     {
         let load = |_fence| async move { fut.await.map_err(|error| Arc::new(error) as Shared) };
         match self
-            .call(key, Fencing::Off, load, false, |shared| shared.is::<E>())
+            .call(key, Fencing::Off, load, Mode::Degrade, |shared| {
+                shared.is::<E>()
+            })
             .await
         {
             Ok(value) => Ok(value),
@@ -330,7 +331,7 @@ where
     {
         let load = |_fence| async move { fut.await.map_err(|error| Arc::new(error) as Shared) };
         let accept = |shared: &Shared| shared.is::<E>() || shared.is::<RedisFailed>();
-        match self.call(key, Fencing::Off, load, true, accept).await {
+        match self.call(key, Fencing::Off, load, Mode::Fail, accept).await {
             Ok(value) => Ok(value),
             Err(shared) => match shared.downcast::<E>() {
                 Ok(error) => Err(WorkError::Load(error)),
@@ -354,7 +355,7 @@ where
         key: &str,
         fencing: Fencing,
         load: C,
-        fail: bool,
+        mode: Mode,
         accept: fn(&Shared) -> bool,
     ) -> Local<V>
     where
@@ -367,7 +368,7 @@ where
             let flight = async {
                 let load = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
                 let load = load.expect("a caller's flight runs at most once");
-                self.link.fly(key, fencing, load, fail).await
+                self.link.fly(key, fencing, load, mode).await
             };
             match self.group.work(key, flight).await {
                 Ok(value) => return Ok(value),

@@ -47,6 +47,23 @@ pub(crate) type Local<V> = Result<V, Shared>;
 /// Redis trouble, shared with the callers of a `try_work_or_fail` flight.
 pub(crate) struct RedisFailed(pub(crate) FleetError);
 
+/// A cache's background refresh found the key's lease held by another flight: that one
+/// refreshes it.
+pub(crate) struct NotHeld;
+
+/// What a flight does when it cannot be the fleet's flight of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Redis trouble: load without the fleet (`work`, `try_work`).
+    Degrade,
+    /// Redis trouble: end with [`RedisFailed`] (`try_work_or_fail`).
+    Fail,
+    /// A cache's background refresh: loads only as the holder; ends with [`NotHeld`]
+    /// when another flight holds the key, with [`RedisFailed`] on Redis trouble (a value
+    /// it could not store is not worth loading: the stale one is still served).
+    Refresh,
+}
+
 /// Whether a flight takes a fencing number: only for `work_fenced` callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fencing {
@@ -69,14 +86,14 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// This process's part in one flight of `key`, in its span. With `fail`, Redis
-    /// trouble ends the flight with [`RedisFailed`] instead of a load without the fleet.
+    /// This process's part in one flight of `key`, in its span; `mode` says what it does
+    /// when it cannot be the fleet's flight of the key.
     pub(crate) async fn fly<V, C, F>(
         self: &Arc<Self>,
         key: &str,
         fencing: Fencing,
         load: C,
-        fail: bool,
+        mode: Mode,
     ) -> Local<V>
     where
         V: Serialize + DeserializeOwned,
@@ -84,7 +101,7 @@ impl Link {
         F: Future<Output = Local<V>>,
     {
         observe::in_flight_span!(self.config, key, {
-            self.exchange(key, fencing, load, fail).await
+            self.exchange(key, fencing, load, mode).await
         })
     }
 
@@ -94,7 +111,7 @@ impl Link {
         key: &str,
         fencing: Fencing,
         load: C,
-        fail: bool,
+        mode: Mode,
     ) -> Local<V>
     where
         V: Serialize + DeserializeOwned,
@@ -103,7 +120,7 @@ impl Link {
     {
         if let Some(error) = self.health.resting() {
             return self
-                .without_redis(load, fail, error, Fallback::Resting)
+                .without_redis(load, mode, error, Fallback::Resting)
                 .await;
         }
         let names = Names::new(&self.namespace, key);
@@ -123,7 +140,7 @@ impl Link {
             if let Some((token, _)) = &waited {
                 let heard = hints
                     .take_payload(token)
-                    .map(|payload| config.codec.open::<V>(token, &payload));
+                    .map(|payload| self.open::<V>(token, &payload));
                 if let Some(Ok(value)) = heard {
                     self.received(waiting_since);
                     return Ok(value);
@@ -150,7 +167,7 @@ impl Link {
                     }
                     self.health.failed(&error, &self.counters);
                     return self
-                        .without_redis(load, fail, error, Fallback::RedisError)
+                        .without_redis(load, mode, error, Fallback::RedisError)
                         .await;
                 }
                 Ok(Acquired::Hold(token)) => {
@@ -173,7 +190,7 @@ impl Link {
                     release.disarm();
                     self.health.answered();
                     let (token, _) = waited.take().expect("a value is only handed to a waiter");
-                    match config.codec.open::<V>(&token, &payload) {
+                    match self.open::<V>(&token, &payload) {
                         Ok(value) => {
                             self.received(waiting_since);
                             return Ok(value);
@@ -188,6 +205,9 @@ impl Link {
                 Ok(Acquired::Wait(holder)) => {
                     release.disarm();
                     self.health.answered();
+                    if mode == Mode::Refresh {
+                        return Err(Arc::new(NotHeld));
+                    }
                     let now = Instant::now();
                     let left = deadline.map_or(Duration::MAX, |deadline| {
                         deadline.saturating_duration_since(now)
@@ -262,10 +282,17 @@ impl Link {
                     self.health.answered();
                     if !published {
                         self.counters.late_publish();
-                        observe::event!(
-                            self.config.name,
-                            "a late publish was rejected: the lease had passed to another flight"
-                        );
+                        if self.config.cache_for.is_some() {
+                            observe::event!(
+                                self.config.name,
+                                "stale set prevented: the lease was revoked by an invalidate or passed to another flight; the value was not stored"
+                            );
+                        } else {
+                            observe::event!(
+                                self.config.name,
+                                "a late publish was rejected: the lease had passed to another flight"
+                            );
+                        }
                     }
                 }
                 // The publish may not have taken effect: `release` stays armed.
@@ -280,7 +307,7 @@ impl Link {
     async fn without_redis<V, C, F>(
         &self,
         load: C,
-        fail: bool,
+        mode: Mode,
         error: FleetError,
         reason: Fallback,
     ) -> Local<V>
@@ -288,10 +315,22 @@ impl Link {
         C: FnOnce(Option<u64>) -> F,
         F: Future<Output = Local<V>>,
     {
-        if fail {
-            Err(Arc::new(RedisFailed(error)))
+        match mode {
+            Mode::Degrade => self.load_alone(load, reason).await,
+            Mode::Fail | Mode::Refresh => Err(Arc::new(RedisFailed(error))),
+        }
+    }
+
+    /// The value of a payload handed to a waiter of the flight `token`. A cache's value
+    /// may have been stored by any flight of the key (see [`Names::published`]).
+    fn open<V: DeserializeOwned>(&self, token: &str, payload: &[u8]) -> Result<V, String> {
+        if self.config.cache_for.is_some() {
+            self.config
+                .codec
+                .open_any::<V>(payload)
+                .map(|(_, value)| value)
         } else {
-            self.load_alone(load, reason).await
+            self.config.codec.open::<V>(token, payload)
         }
     }
 
@@ -355,6 +394,7 @@ impl Drop for Release {
 mod tests {
     use super::*;
     use crate::Fleet;
+    use crate::store::Stored;
     use futures_util::future::BoxFuture;
     use std::sync::{Mutex, OnceLock};
 
@@ -405,6 +445,12 @@ mod tests {
         fn release(&self, _: &Names, _: &str, _: Duration) -> Result<bool, FleetError> {
             Ok(false)
         }
+        fn lookup<'a>(&'a self, _: &'a Names) -> BoxFuture<'a, Result<Stored, FleetError>> {
+            unreachable!("a fleet never looks a value up")
+        }
+        fn invalidate<'a>(&'a self, _: &'a Names) -> BoxFuture<'a, Result<bool, FleetError>> {
+            unreachable!("a fleet never invalidates")
+        }
     }
 
     #[tokio::test]
@@ -418,10 +464,7 @@ mod tests {
         let nowhere = redis::Client::open("redis://127.0.0.1:1/").unwrap();
         let fleet: Fleet<String> =
             Fleet::with_transport(transport.clone(), nowhere.into(), "n", config);
-        transport
-            .notifier
-            .set(fleet.link().notifier.clone())
-            .unwrap();
+        transport.notifier.set(fleet.link.notifier.clone()).unwrap();
         // Heard at once: no poll (30 s) in between.
         let value = tokio::time::timeout(
             Duration::from_secs(5),

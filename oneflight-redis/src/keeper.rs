@@ -313,7 +313,7 @@ impl Drop for Keeper {
 mod tests {
     use super::*;
     use crate::FleetError;
-    use crate::store::Acquired;
+    use crate::store::{Acquired, Stored};
     use futures_util::future::BoxFuture;
 
     /// A store whose renewals fail (`fails` in a row, each taking `slow`) and which
@@ -363,6 +363,12 @@ mod tests {
         }
         fn release(&self, _: &Names, _: &str, _: Duration) -> Result<bool, FleetError> {
             Ok(false)
+        }
+        fn lookup<'a>(&'a self, _: &'a Names) -> BoxFuture<'a, Result<Stored, FleetError>> {
+            unreachable!("the keeper never looks a value up")
+        }
+        fn invalidate<'a>(&'a self, _: &'a Names) -> BoxFuture<'a, Result<bool, FleetError>> {
+            unreachable!("the keeper never invalidates")
         }
     }
 

@@ -217,6 +217,7 @@ compile_error!("oneflight-redis needs the `tokio` or the `smol` feature (or both
 
 mod backend;
 mod builder;
+mod cache;
 mod codec;
 mod depth;
 mod error;
@@ -234,6 +235,7 @@ mod store;
 
 pub use backend::Backend;
 pub use builder::FleetBuilder;
+pub use cache::{Cache, CacheBuilder, CacheStats};
 pub use codec::Codec;
 pub use error::{FleetError, FleetErrorKind, WorkError};
 pub use fleet::Fleet;

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 
 use crate::builder::Config;
 use crate::names::{Names, nonce_of};
-use crate::store::{Acquired, Transport};
+use crate::store::{Acquired, Stored, Transport};
 use crate::{Fleet, FleetError, FleetErrorKind};
 
 /// A tiny deterministic generator, seeded per run.
@@ -59,6 +59,8 @@ struct Memory {
     /// effect, as commands queued in a stalled Redis: they still run, later, at a random
     /// point among the next commands, possibly after the keeper's release meant for them.
     late: Mutex<Vec<LateAcquire>>,
+    /// A cache's store: flights publish to the key's cached value.
+    cache: bool,
 }
 
 #[derive(Debug)]
@@ -97,6 +99,8 @@ struct State {
     expired: u64,
     /// Nonces released: an acquire with one takes no lease.
     voided: std::collections::HashSet<String>,
+    /// A cache's invalidations that took effect.
+    invalidations: u64,
 }
 
 impl Memory {
@@ -169,7 +173,8 @@ impl Memory {
     ) -> Result<Acquired, FleetError> {
         let mut state = self.state.lock().unwrap();
         Self::expire(&mut state, names);
-        let value = waited.and_then(|waited| state.values.get(&names.value(waited)));
+        let value =
+            waited.and_then(|waited| state.values.get(&names.published(waited, self.cache)));
         if let Some((payload, _)) = value.filter(|(_, until)| Instant::now() < *until) {
             return Ok(Acquired::Value(payload.clone()));
         }
@@ -251,9 +256,10 @@ impl Transport for Memory {
                     state.rejected += 1;
                     false
                 } else {
+                    let key = names.published(token, self.cache);
                     state
                         .values
-                        .insert(names.value(token), (payload, Instant::now() + retention));
+                        .insert(key, (payload, Instant::now() + retention));
                     state.leases.remove(&names.lease());
                     if let Some(fence) = crate::names::fence_of(token) {
                         state
@@ -317,6 +323,35 @@ impl Transport for Memory {
         }
         Ok(ours)
     }
+
+    fn lookup<'a>(&'a self, names: &'a Names) -> BoxFuture<'a, Result<Stored, FleetError>> {
+        Box::pin(async move {
+            self.before().await?;
+            let found = {
+                let state = self.state.lock().unwrap();
+                let now = Instant::now();
+                state
+                    .values
+                    .get(&names.cached())
+                    .filter(|(_, until)| now < *until)
+                    .map(|(payload, until)| (payload.clone(), *until - now))
+            };
+            self.after(found).await
+        })
+    }
+
+    fn invalidate<'a>(&'a self, names: &'a Names) -> BoxFuture<'a, Result<bool, FleetError>> {
+        Box::pin(async move {
+            self.before().await?;
+            let revoked = {
+                let mut state = self.state.lock().unwrap();
+                state.values.remove(&names.cached());
+                state.invalidations += 1;
+                state.leases.remove(&names.lease()).is_some()
+            };
+            self.after(revoked).await
+        })
+    }
 }
 
 /// One load: which process ran it, with which fence, and when.
@@ -362,6 +397,7 @@ fn run(seed: u64, faults: Faults) {
         faults,
         seed: AtomicU64::new(seed),
         late: Mutex::default(),
+        cache: false,
     });
     let healthy = faults.errors == 0 && faults.lost_leases == 0 && faults.lost_replies == 0;
     // Without lost leases and keeper errors, every lease ends published or released.

@@ -13,7 +13,10 @@
 //! - `oneflight:TAG:fence`: the last fencing number handed out for the key, kept for a
 //!   day; only keys loaded with `work_fenced` have one (see [`ACQUIRE`](crate::scripts::ACQUIRE));
 //! - `oneflight:TAG:void:NONCE`: a nonce whose lease was released, kept one lease, so
-//!   that an acquire with it that runs late takes nothing (see [`RELEASE`](crate::scripts::RELEASE)).
+//!   that an acquire with it that runs late takes nothing (see [`RELEASE`](crate::scripts::RELEASE));
+//! - `oneflight:TAG:cached`: for a [`Cache`](crate::Cache), the key's cached value,
+//!   published there by its flights instead of at `value:TOKEN`, kept
+//!   `fresh_for + stale_for`.
 //!
 //! Ends of flights (published or released) are announced on the flight's own channel
 //! `oneflight:TAG:done` as `TOKEN TAG_LEN:TAG[ PAYLOAD]`: a hint only, heard by the
@@ -49,6 +52,19 @@ impl Names {
     }
     pub(crate) fn void(&self, nonce: &str) -> String {
         format!("oneflight:{}:void:{nonce}", self.tag)
+    }
+    pub(crate) fn cached(&self) -> String {
+        format!("oneflight:{}:cached", self.tag)
+    }
+    /// Where the flight `token` publishes its value: its own key for a fleet; the one
+    /// cached value of the key for a cache (so that `invalidate` removes it for every
+    /// flight at once).
+    pub(crate) fn published(&self, token: &str, cache: bool) -> String {
+        if cache {
+            self.cached()
+        } else {
+            self.value(token)
+        }
     }
     /// The channel on which the ends of the key's flights are announced.
     pub(crate) fn channel(&self) -> String {

@@ -101,6 +101,40 @@ redis.call(ARGV[5], ARGV[2], holder .. ' ' .. ARGV[3])
 return 1
 ";
 
+/// A cache's lookup: its cached value and how long it has left (`PTTL`), in one round
+/// trip. The age of a value is read from its TTL, set by the script that stored it, so
+/// that the processes' clocks never matter.
+///
+/// KEYS: the cached value. ARGV: the largest value returned inline. Returns `{}` when
+/// there is none, `{pttl, payload}`, or `{pttl, "large", size}` for a value to fetch on
+/// the connection for large transfers.
+pub(crate) const LOOKUP: &str = r"
+local size = redis.call('STRLEN', KEYS[1])
+if size == 0 then return {} end
+local ttl = tostring(redis.call('PTTL', KEYS[1]))
+if size > tonumber(ARGV[1]) then return {ttl, 'large', tostring(size)} end
+return {ttl, redis.call('GET', KEYS[1])}
+";
+
+/// A cache's invalidation: removes the cached value and revokes the lease of the flight
+/// in the air, if any, so that its publish (a compare-and-set on the lease, [`PUBLISH`])
+/// stores nothing: a load that began before the invalidation can never write its value
+/// back afterwards (the "stale set" of memcache's leases, Nishtala et al., NSDI 2013).
+/// The lease is the key's generation: every load runs under one, and this script ends
+/// it. The flight's waiters are told, so that one of them takes over at once and loads
+/// anew.
+///
+/// KEYS: lease, cached value. ARGV: channel, the flight's `TAG_LEN:TAG`, the publish
+/// command (see [`PUBLISH`]). Returns 1 when a lease was revoked, else 0.
+pub(crate) const INVALIDATE: &str = r"
+redis.call('DEL', KEYS[2])
+local holder = redis.call('GET', KEYS[1])
+if not holder then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call(ARGV[3], ARGV[1], holder .. ' ' .. ARGV[2])
+return 1
+";
+
 /// One of the scripts above, with its SHA1.
 #[derive(Debug)]
 pub(crate) struct Lua {

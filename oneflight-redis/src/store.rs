@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::backend::{Backend, Blocking, Commands, Kind};
 use crate::names::Names;
 use crate::runtime;
-use crate::scripts::{ACQUIRE, Lua, PUBLISH, RELEASE, RENEW};
+use crate::scripts::{ACQUIRE, INVALIDATE, LOOKUP, Lua, PUBLISH, RELEASE, RENEW};
 use crate::{FleetError, FleetErrorKind};
 
 /// Values up to this size ride along with the announcement of their flight's end; larger
@@ -34,6 +34,10 @@ const FENCE_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest expiry sent to Redis (about 2,000 years): `SET ... PX` rejects what
 /// overflows its clock, and a `Duration::MAX` setting means "no limit".
 const LONGEST_EXPIRY_MS: u64 = 1 << 46;
+
+/// A cache's stored payload of a key and the time it has left in Redis; `None` when
+/// there is none.
+pub(crate) type Stored = Option<(Vec<u8>, Duration)>;
 
 /// The answer of [`Transport::acquire`].
 #[derive(Debug, PartialEq, Eq)]
@@ -76,6 +80,12 @@ pub(crate) trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// `lease`. Blocks the calling thread (the keeper's): it works without a runtime, so
     /// that leases are released while a runtime shuts down.
     fn release(&self, names: &Names, nonce: &str, lease: Duration) -> Result<bool, FleetError>;
+    /// A cache's cached payload of the key and how long it has left; `None` when there is
+    /// none ([`LOOKUP`]).
+    fn lookup<'a>(&'a self, names: &'a Names) -> BoxFuture<'a, Result<Stored, FleetError>>;
+    /// A cache's invalidation of the key: its value removed, its flight's lease revoked
+    /// ([`INVALIDATE`]); `Ok(true)` when a lease was revoked.
+    fn invalidate<'a>(&'a self, names: &'a Names) -> BoxFuture<'a, Result<bool, FleetError>>;
 }
 
 /// The connections to Redis and the scripts, shared by a fleet's clones and its tasks.
@@ -100,6 +110,9 @@ pub(crate) struct Store {
     blocking: Mutex<Option<Blocking>>,
     blocking_timeout: Duration,
     scripts: Scripts,
+    /// A cache's store: flights publish to the key's cached value (see
+    /// [`Names::published`]).
+    cache: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +121,8 @@ struct Scripts {
     publish: Lua,
     renew: Lua,
     release: Lua,
+    lookup: Lua,
+    invalidate: Lua,
 }
 
 /// Which of the store's async connections a command goes through.
@@ -126,7 +141,12 @@ fn transfer_timeout(command_timeout: Duration, bytes: usize) -> Duration {
 }
 
 impl Store {
-    pub(crate) fn new(backend: Backend, command_timeout: Duration, lease: Duration) -> Self {
+    pub(crate) fn new(
+        backend: Backend,
+        command_timeout: Duration,
+        lease: Duration,
+        cache: bool,
+    ) -> Self {
         Store {
             address: backend.address().into(),
             announce_with: match backend.kind {
@@ -144,7 +164,10 @@ impl Store {
                 publish: Lua::new(PUBLISH),
                 renew: Lua::new(RENEW),
                 release: Lua::new(RELEASE),
+                lookup: Lua::new(LOOKUP),
+                invalidate: Lua::new(INVALIDATE),
             },
+            cache,
         }
     }
 
@@ -236,7 +259,7 @@ impl Store {
         waited: &str,
         size: usize,
     ) -> Result<Option<Vec<u8>>, FleetError> {
-        let key = names.value(waited);
+        let key = names.published(waited, self.cache);
         self.run("fetch", Lane::Bulk(size), |mut c| async move {
             c.query(redis::cmd("GET").arg(key)).await
         })
@@ -333,7 +356,7 @@ impl Transport for Store {
                 let mut call = self.scripts.acquire.call();
                 call.key(names.lease())
                     .key(names.fence())
-                    .key(names.value(waited))
+                    .key(names.published(waited, self.cache))
                     .key(names.void(nonce));
                 call.arg(millis(lease))
                     .arg(nonce)
@@ -367,7 +390,8 @@ impl Transport for Store {
         Box::pin(async move {
             let size = payload.len();
             let mut call = self.scripts.publish.call();
-            call.key(names.lease()).key(names.value(token));
+            call.key(names.lease())
+                .key(names.published(token, self.cache));
             let announce = if size <= ANNOUNCED_PAYLOAD { "1" } else { "0" };
             call.arg(token)
                 .arg(payload)
@@ -415,6 +439,70 @@ impl Transport for Store {
                 .arg(millis(lease))
                 .arg(self.announce_with)
                 .invoke_blocking(connection)
+        })
+    }
+
+    fn lookup<'a>(&'a self, names: &'a Names) -> BoxFuture<'a, Result<Stored, FleetError>> {
+        Box::pin(async move {
+            let mut call = self.scripts.lookup.call();
+            call.key(names.cached()).arg(INLINE_PAYLOAD);
+            let reply: Vec<Vec<u8>> = self
+                .run("lookup", Lane::Quick, |mut c| async move {
+                    call.invoke(&mut c).await
+                })
+                .await?;
+            let unexpected = || {
+                FleetError::other(
+                    FleetErrorKind::Answered,
+                    &self.address,
+                    "lookup",
+                    "unexpected reply from the lookup script",
+                )
+            };
+            let number = |bytes: &[u8]| -> Result<i64, FleetError> {
+                std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .ok_or_else(unexpected)
+            };
+            let (ttl, payload) = match reply.as_slice() {
+                [] => return Ok(None),
+                [ttl, payload] => (number(ttl)?, payload.clone()),
+                [ttl, large, size] if large.as_slice() == b"large" => {
+                    let size = usize::try_from(number(size)?).map_err(|_| unexpected())?;
+                    let key = names.cached();
+                    let fetched: Option<Vec<u8>> = self
+                        .run("fetch", Lane::Bulk(size), |mut c| async move {
+                            c.query(redis::cmd("GET").arg(key)).await
+                        })
+                        .await?;
+                    match fetched {
+                        Some(payload) => (number(ttl)?, payload),
+                        None => return Ok(None),
+                    }
+                }
+                _ => return Err(unexpected()),
+            };
+            // A key without a TTL (-1) is not one of ours: a miss.
+            let left = u64::try_from(ttl).map_err(|_| unexpected())?;
+            Ok(Some((payload, Duration::from_millis(left))))
+        })
+    }
+
+    fn invalidate<'a>(&'a self, names: &'a Names) -> BoxFuture<'a, Result<bool, FleetError>> {
+        Box::pin(async move {
+            let mut call = self.scripts.invalidate.call();
+            call.key(names.lease())
+                .key(names.cached())
+                .arg(names.channel())
+                .arg(names.announced())
+                .arg(self.announce_with);
+            let revoked: i64 = self
+                .run("invalidate", Lane::Quick, |mut c| async move {
+                    call.invoke(&mut c).await
+                })
+                .await?;
+            Ok(revoked == 1)
         })
     }
 }
