@@ -35,7 +35,8 @@ use std::time::Instant;
 use crate::flight::{Fencing, Local, Mode, NotHeld, RedisFailed, Shared};
 use crate::names::Names;
 use crate::{Backend, Fleet, FleetError, runtime};
-use entry::{Cached, Found, Freshness, draw};
+pub(crate) use entry::{Cached, Freshness};
+use entry::{Found, draw};
 use stats::{CacheCounters, Count};
 
 /// A fleet-wide read-through cache of `V` values on Redis: one namespace of cached
@@ -134,7 +135,7 @@ impl<V> Cache<V> {
         CacheBuilder::new(backend.into(), namespace)
     }
 
-    fn from_parts(fleet: Fleet<Cached<V>>, freshness: Freshness, name: &str) -> Self {
+    pub(crate) fn from_parts(fleet: Fleet<Cached<V>>, freshness: Freshness, name: &str) -> Self {
         Cache {
             fleet,
             shared: Arc::new(Shared_ {

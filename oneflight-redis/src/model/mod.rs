@@ -61,6 +61,9 @@ struct Memory {
     late: Mutex<Vec<LateAcquire>>,
     /// A cache's store: flights publish to the key's cached value.
     cache: bool,
+    /// For the cache model: the database's version, which each stored value (a
+    /// `Cached<u64>` holding the version its load read) is checked against.
+    db: Option<Arc<AtomicU64>>,
 }
 
 #[derive(Debug)]
@@ -101,6 +104,12 @@ struct State {
     voided: std::collections::HashSet<String>,
     /// A cache's invalidations that took effect.
     invalidations: u64,
+    /// For the cache model, by cached key: the database's version when its last
+    /// invalidation took effect. A value read from an older version stored after it is a
+    /// stale set.
+    floors: HashMap<String, u64>,
+    /// Values stored that were read before an invalidation that took effect earlier.
+    stale_sets: u64,
 }
 
 impl Memory {
@@ -257,6 +266,14 @@ impl Transport for Memory {
                     false
                 } else {
                     let key = names.published(token, self.cache);
+                    if self.db.is_some() {
+                        let (_, stored) = crate::Codec::Postcard
+                            .open_any::<crate::cache::Cached<u64>>(&payload)
+                            .expect("the cache model stores versions");
+                        if stored.value < state.floors.get(&key).copied().unwrap_or(0) {
+                            state.stale_sets += 1;
+                        }
+                    }
                     state
                         .values
                         .insert(key, (payload, Instant::now() + retention));
@@ -347,6 +364,11 @@ impl Transport for Memory {
                 let mut state = self.state.lock().unwrap();
                 state.values.remove(&names.cached());
                 state.invalidations += 1;
+                if let Some(db) = &self.db {
+                    state
+                        .floors
+                        .insert(names.cached(), db.load(Ordering::SeqCst));
+                }
                 state.leases.remove(&names.lease()).is_some()
             };
             self.after(revoked).await
@@ -398,6 +420,7 @@ fn run(seed: u64, faults: Faults) {
         seed: AtomicU64::new(seed),
         late: Mutex::default(),
         cache: false,
+        db: None,
     });
     let healthy = faults.errors == 0 && faults.lost_leases == 0 && faults.lost_replies == 0;
     // Without lost leases and keeper errors, every lease ends published or released.
@@ -618,3 +641,5 @@ fn protocol_with_every_fault_at_once() {
         run(seed, faults);
     }
 }
+
+mod cache;
