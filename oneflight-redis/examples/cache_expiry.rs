@@ -629,20 +629,18 @@ fn replica(args: &[String]) -> ExitCode {
 }
 
 /// A load: reads the key's version from the database, logs itself, takes `took`.
-fn load(dir: PathBuf, key: usize, took: Duration) -> impl Future<Output = u64> + Send + 'static {
-    async move {
-        let version = std::fs::read_to_string(dir.join("db").join(key.to_string()))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("loads.log"));
-        let _ = log.and_then(|mut log| writeln!(log, "{} {key}", std::process::id()));
-        tokio::time::sleep(took).await;
-        version
-    }
+async fn load(dir: PathBuf, key: usize, took: Duration) -> u64 {
+    let version = std::fs::read_to_string(dir.join("db").join(key.to_string()))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("loads.log"));
+    let _ = log.and_then(|mut log| writeln!(log, "{} {key}", std::process::id()));
+    tokio::time::sleep(took).await;
+    version
 }
 
 /// An SVG of each run's p99 per second.
