@@ -26,6 +26,9 @@
 //!     without this crate's code.
 //! - **commands per flight**, from `INFO commandstats`: for the holder, for a waiting
 //!   process, and for a waiting process with 1,000 callers.
+//! - **cache**: a fresh `Cache::get` hit against a bare `GET` of the same key, a stale
+//!   hit (served before its refresh's round trips), and Redis commands per hit, miss and
+//!   refresh.
 //! - **uncontended call on a cluster** (when `redis-cli` is there to make one: a local
 //!   cluster of 3 masters and 3 replicas): the fleet with a `ClusterClient`, against the
 //!   protocol floor sent bare to the node that owns the keys' slot.
@@ -41,6 +44,8 @@ mod redis_server;
 #[macro_use]
 #[path = "fleet/measure.rs"]
 mod measure;
+#[path = "fleet/cache.rs"]
+mod cache;
 #[path = "fleet/floors.rs"]
 mod floors;
 #[path = "fleet/report.rs"]

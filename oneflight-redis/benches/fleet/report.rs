@@ -221,6 +221,7 @@ pub(crate) fn summary(setup: &Setup) {
     println!(
         "| Redis commands per flight, waiting process, 1,000 callers | {thousand} scripts ({thousand_all} commands in all) | | same as 1 caller |"
     );
+    crate::cache::cache_rows(setup);
     cluster_rows(setup);
 }
 
