@@ -10,6 +10,11 @@
 //! Redis is one node ([`redis::Client`]) or a Redis Cluster
 //! ([`redis::cluster::ClusterClient`]): see [`Backend`] and [Redis Cluster](#redis-cluster).
 //!
+//! For values that may be served a while after they were loaded, [`Cache`] is a
+//! fleet-wide read-through cache on the same leases: one load per key on a miss, stale
+//! values served while one process refreshes them (no expiry stampede), early refresh,
+//! and `invalidate` that no slow load can undo (no stale set).
+//!
 //! ```no_run
 //! use oneflight_redis::{Fleet, redis};
 //!

@@ -8,8 +8,8 @@
 //!   `record_keys(false)`), and the `role`: `holder`, `waiter` (then `holder` if it took
 //!   the flight over), or `degraded` (loaded without the fleet).
 //! - **Events** (`debug`): a takeover, `max_wait` reached, an undecodable payload, a late
-//!   publish rejected, a lease lost while loading, Redis failing and answering again, the
-//!   pub/sub connection replaced.
+//!   publish rejected (for a cache: "stale set prevented"), a lease lost while loading,
+//!   Redis failing and answering again, the pub/sub connection replaced.
 
 /// Runs the async block `$body` in a new `oneflight.flight` span of the fleet whose
 /// [`Config`](crate::builder::Config) is `$config`, for `$key`; without `tracing`, the

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use oneflight_redis::{Fleet, redis};
+use oneflight_redis::{Cache, Fleet, redis};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,9 +130,12 @@ fn fleet_metrics_after_a_known_sequence_of_calls() {
     assert_eq!(values, expected);
 }
 
-/// Every span's fields, as recorded (later records override).
+/// Every span's fields, as recorded (later records override), and every event's.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<BTreeMap<u64, BTreeMap<String, String>>>>);
+struct Spans(
+    Arc<Mutex<BTreeMap<u64, BTreeMap<String, String>>>>,
+    Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -165,6 +168,11 @@ impl<S: tracing::Subscriber> Layer<S> for Spans {
         if let Some(fields) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
             values.record(&mut Fields(fields));
         }
+    }
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.1.lock().unwrap().push(fields);
     }
 }
 
@@ -222,4 +230,75 @@ fn fleet_spans_name_the_role_and_the_key_unless_told_not_to() {
         core.iter()
             .all(|s| s["name"] == "oneflight.flight" && s["role"] == "runner")
     );
+}
+
+/// The counters of a cache after a known sequence (a stale set prevented, a miss, a hit),
+/// and the event an operator looks for when an invalidation beat a slow load.
+#[test]
+fn cache_metrics_and_the_stale_set_prevented_event() {
+    let Some(server) = server() else { return };
+    let spans = spans();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        runtime().block_on(async {
+            let cache = |name: &str| -> Cache<String> {
+                Cache::builder(server.client(), "observed-cache")
+                    .name(name)
+                    .build()
+            };
+            let (a, c) = (cache("cache-a"), cache("cache-c"));
+            // A's load is held until C has invalidated the key: A's store is rejected.
+            let (open, gate) = tokio::sync::oneshot::channel::<()>();
+            let held = a.get("k", async move {
+                let _ = gate.await;
+                "read before the invalidation".to_owned()
+            });
+            let writer = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.invalidate("k").await.unwrap();
+                let _ = open.send(());
+            };
+            let (value, ()) = tokio::join!(held, writer);
+            assert_eq!(value, "read before the invalidation");
+            // Then a miss and a hit of another key.
+            assert_eq!(a.get("x", async { "x".to_owned() }).await, "x");
+            assert_eq!(a.get("x", async { "never".to_owned() }).await, "x");
+        })
+    });
+    let mut values: BTreeMap<String, u64> = BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        if let DebugValue::Counter(n) = value
+            && n > 0
+            && name.contains("cache-a")
+            && (name.starts_with("oneflight_cache") || name.contains("late_publishes"))
+        {
+            values.insert(name, n);
+        }
+    }
+    let expected: BTreeMap<String, u64> = [
+        ("oneflight_cache_misses_total{cache=cache-a}", 2),
+        ("oneflight_cache_hits_total{cache=cache-a}", 1),
+        ("oneflight_fleet_late_publishes_total{fleet=cache-a}", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(values, expected);
+    let events = spans.1.lock().unwrap();
+    let prevented = events
+        .iter()
+        .filter(|e| {
+            e.get("fleet").is_some_and(|f| f == "cache-a")
+                && e.get("message")
+                    .is_some_and(|m| m.starts_with("stale set prevented"))
+        })
+        .count();
+    assert_eq!(prevented, 1, "{events:#?}");
 }
