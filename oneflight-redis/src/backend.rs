@@ -147,6 +147,16 @@ impl Commands {
         }
     }
 
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(
+        &mut self,
+        pipeline: &redis::Pipeline,
+    ) -> RedisResult<T> {
+        match self {
+            Commands::Node(connection) => pipeline.query_async(connection).await,
+            Commands::Cluster(connection) => pipeline.query_async(connection).await,
+        }
+    }
+
     /// Whether redis-rs's own response timeout bounds each command (one node): then the
     /// store needs no timer of its own. A cluster connection retries and follows
     /// redirections within one command, so the store bounds the whole.

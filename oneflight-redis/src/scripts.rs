@@ -101,21 +101,6 @@ redis.call(ARGV[5], ARGV[2], holder .. ' ' .. ARGV[3])
 return 1
 ";
 
-/// A cache's lookup: its cached value and how long it has left (`PTTL`), in one round
-/// trip. The age of a value is read from its TTL, set by the script that stored it, so
-/// that the processes' clocks never matter.
-///
-/// KEYS: the cached value. ARGV: the largest value returned inline. Returns `{}` when
-/// there is none, `{pttl, payload}`, or `{pttl, "large", size}` for a value to fetch on
-/// the connection for large transfers.
-pub(crate) const LOOKUP: &str = r"
-local size = redis.call('STRLEN', KEYS[1])
-if size == 0 then return {} end
-local ttl = tostring(redis.call('PTTL', KEYS[1]))
-if size > tonumber(ARGV[1]) then return {ttl, 'large', tostring(size)} end
-return {ttl, redis.call('GET', KEYS[1])}
-";
-
 /// A cache's invalidation: removes the cached value and revokes the lease of the flight
 /// in the air, if any, so that its publish (a compare-and-set on the lease, [`PUBLISH`])
 /// stores nothing: a load that began before the invalidation can never write its value

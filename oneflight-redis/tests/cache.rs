@@ -203,3 +203,15 @@ async fn cache_degrades_to_in_process_flights_while_redis_is_stalled_then_recove
     }
     assert!(filled, "{:?}", cache.stats());
 }
+
+#[tokio::test]
+async fn cache_stores_and_serves_a_value_over_the_inline_size() {
+    let Some(server) = server() else { return };
+    let cache: Cache<String> = Cache::new(server.client(), "big");
+    let big = "#".repeat(1024 * 1024);
+    let loaded = big.clone();
+    assert_eq!(cache.get("k", async move { loaded }).await.len(), big.len());
+    // A hit: fetched on the connection for large transfers.
+    assert_eq!(cache.get("k", async { String::new() }).await, big);
+    assert_eq!((cache.stats().hits, cache.stats().fleet.loads), (1, 1));
+}

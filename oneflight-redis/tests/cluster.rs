@@ -9,7 +9,7 @@ mod common;
 use common::redis_cluster::RedisCluster;
 use common::replica::{LIMIT, ODD_KEYS, ODD_NAMESPACES, Setup, cluster_setup, ms_between};
 use common::*;
-use oneflight_redis::{Fleet, FleetErrorKind, WorkError, redis};
+use oneflight_redis::{Cache, Fleet, FleetErrorKind, WorkError, redis};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -434,5 +434,56 @@ fn cluster_on_smol_renews_waits_and_hears_hints() {
             "{:?}",
             started.elapsed()
         );
+    });
+}
+
+/// `Cache` on the cluster: a fill shared by two processes' handles, hits, a stale value
+/// served while one refresh loads, and an invalidation that makes the next get load.
+#[test]
+fn cluster_cache_fills_hits_refreshes_and_invalidates() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new("cluster-cache");
+    let Some(cluster) = cluster(&scratch.0) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let build = || -> Cache<String> {
+            Cache::builder(cluster.client(), "cache")
+                .fresh_for(Duration::from_millis(500))
+                .stale_for(Duration::from_secs(10))
+                .early_refresh(false)
+                .build()
+        };
+        let (a, b) = (build(), build());
+        let (x, y) = tokio::join!(
+            a.get("k", async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "v1".to_owned()
+            }),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                b.get("k", async { "not loaded".to_owned() }).await
+            }
+        );
+        assert_eq!((x.as_str(), y.as_str()), ("v1", "v1"));
+        assert_eq!(b.get("k", async { "not loaded".to_owned() }).await, "v1");
+        assert_eq!((b.stats().fleet.received, b.stats().hits), (1, 1));
+        // Stale: served, refreshed once in the background.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(a.get("k", async { "v2".to_owned() }).await, "v1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.stats().refreshes == 0 {
+            assert!(Instant::now() < deadline, "{:?}", a.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(b.get("k", async { "not loaded".to_owned() }).await, "v2");
+        b.invalidate("k").await.unwrap();
+        assert_eq!(a.get("k", async { "v3".to_owned() }).await, "v3");
     });
 }
