@@ -56,6 +56,9 @@ async fn cache_fills_once_then_hits_and_every_key_it_writes_has_a_ttl() {
     }
 }
 
+/// Needs the `tokio` feature: its refresh, spawned on the crate's runtime, sleeps on
+/// Tokio's timer.
+#[cfg(feature = "tokio")]
 #[tokio::test]
 async fn cache_serves_a_stale_value_at_once_while_one_refresh_loads() {
     let Some(server) = server() else { return };
@@ -214,4 +217,29 @@ async fn cache_stores_and_serves_a_value_over_the_inline_size() {
     // A hit: fetched on the connection for large transfers.
     assert_eq!(cache.get("k", async { String::new() }).await, big);
     assert_eq!((cache.stats().hits, cache.stats().fleet.loads), (1, 1));
+}
+
+/// Needs the `smol` feature: on smol, a cache fills, serves a stale value and refreshes
+/// it in a task spawned on smol.
+#[cfg(feature = "smol")]
+#[test]
+fn cache_on_smol_fills_and_refreshes_in_the_background() {
+    let Some(server) = server() else { return };
+    smol::block_on(async {
+        let cache: Cache<String> = Cache::builder(server.client(), "smol-cache")
+            .fresh_for(Duration::from_millis(200))
+            .stale_for(Duration::from_secs(10))
+            .early_refresh(false)
+            .build();
+        assert_eq!(cache.get("k", async { "v1".to_owned() }).await, "v1");
+        smol::Timer::after(Duration::from_millis(300)).await;
+        assert_eq!(cache.get("k", async { "v2".to_owned() }).await, "v1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.stats().refreshes == 0 {
+            assert!(Instant::now() < deadline, "{:?}", cache.stats());
+            smol::Timer::after(Duration::from_millis(10)).await;
+        }
+        smol::Timer::after(Duration::from_millis(50)).await;
+        assert_eq!(cache.get("k", async { "v3".to_owned() }).await, "v2");
+    });
 }
