@@ -7,9 +7,9 @@
 mod common;
 
 use common::redis_cluster::RedisCluster;
-use common::replica::{LIMIT, ODD_KEYS, ODD_NAMESPACES, Setup, cluster_setup, ms_between};
+use common::replica::{LIMIT, ODD_KEYS, ODD_NAMESPACES, Setup, cluster_setup};
 use common::*;
-use oneflight_redis::{Cache, Fleet, FleetErrorKind, WorkError, redis};
+use oneflight_redis::{Cache, Fleet, redis};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,6 +23,15 @@ fn replica() {
     if is_replica() {
         common::replica::main();
     }
+}
+
+/// A runtime as a service has: two workers.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The hash tag of the replicas' key `key` (namespace `test`), as `names.rs` writes it.
@@ -124,34 +133,7 @@ fn cluster_killed_holder_is_replaced_within_lease_and_one_poll() {
     ) else {
         return;
     };
-    let (holder, waiters) = setup.holder_then_waiters(&[], 3);
-    signal(holder.pid(), "KILL");
-    let killed_at = now_ms();
-    drop(holder);
-    setup.wait_loads(2);
-    let reports = finish_all(waiters);
-    let loads = setup.scratch.loads();
-    assert_eq!(loads.len(), 2, "{loads:?}");
-    let takeover_ms = ms_between(killed_at, loads[1].start_ms);
-    println!(
-        "cluster: takeover after SIGKILL: {takeover_ms} ms (lease {lease} ms, poll {poll} ms)"
-    );
-    assert!(
-        takeover_ms <= (lease + poll + 200) as i128,
-        "takeover took {takeover_ms} ms"
-    );
-    for report in &reports {
-        assert_eq!(
-            (report.num("served"), report.num("wrong")),
-            (50, 0),
-            "{report:?}"
-        );
-        assert_eq!(
-            report.get("values"),
-            format!("key0:key0/{}/1/0/", loads[1].pid)
-        );
-    }
-    assert_eq!(reports.iter().map(|r| r.num("takeovers")).sum::<u64>(), 1);
+    common::scenarios::killed_holder_is_replaced(&setup, lease, poll);
     assert_no_lease_left(&setup.server);
 }
 
@@ -298,24 +280,8 @@ fn cluster_16_mib_value_crosses_four_processes() {
     ) else {
         return;
     };
-    let replicas = start_all(&setup, 4);
-    setup.scratch.go();
-    let reports = finish_all(replicas);
-    assert_eq!(setup.scratch.loads().len(), 1);
-    for report in &reports {
-        let seen = (
-            report.num("served"),
-            report.num("wrong"),
-            report.num("fallbacks"),
-            report.num("oversized"),
-        );
-        assert_eq!(seen, (20, 0, 0, 0), "{report:?}");
-    }
-    assert_eq!(reports.iter().map(|r| r.num("received")).sum::<u64>(), 3);
+    common::scenarios::a_big_value_crosses_four_processes(&setup);
 }
-
-#[derive(Debug)]
-struct AppError;
 
 /// An error a cluster node answers (`WRONGTYPE` here) degrades that call only: counted,
 /// reported as answered, and other keys still go through the cluster.
@@ -326,11 +292,7 @@ fn cluster_error_answered_degrades_that_call_only() {
     let Some(cluster) = cluster(&scratch.0) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(answered_on(&cluster));
 }
 
@@ -350,43 +312,14 @@ async fn answered_on(cluster: &RedisCluster) {
             .build()
     };
     let (fleet, other) = (build(), build());
-    for _ in 0..3 {
-        assert_eq!(
-            fleet.work("bad", async { "alone".to_owned() }).await,
-            "alone"
-        );
-    }
-    let failed = fleet
-        .try_work_or_fail("bad", async { Ok::<_, AppError>("x".to_owned()) })
-        .await;
-    let Err(WorkError::Redis(error)) = failed else {
-        panic!("expected a redis error")
-    };
-    assert_eq!(
-        (error.kind(), error.code()),
-        (FleetErrorKind::Answered, Some("WRONGTYPE"))
-    );
-    let stats = fleet.stats();
-    assert_eq!((stats.answered, stats.fallbacks), (4, 3), "{stats:?}");
-    // Other keys still go through the cluster, and hints still arrive (poll 10 s).
+    // With polls 10 s apart, the shared flight's speed says that hints still arrive.
     let started = Instant::now();
-    let (a, b) = tokio::join!(
-        fleet.work("good", async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            "shared".to_owned()
-        }),
-        async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            other.work("good", async { "unused".to_owned() }).await
-        }
-    );
-    assert_eq!((a.as_str(), b.as_str()), ("shared", "shared"));
+    common::scenarios::an_answered_error_degrades_that_call_only(&fleet, &other).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!((fleet.stats().fallbacks, other.stats().received), (3, 1));
 }
 
 /// Needs the `smol` feature: with `tokio` alone, the `redis` crate runs on Tokio only.
@@ -446,11 +379,7 @@ fn cluster_cache_fills_hits_refreshes_and_invalidates() {
     let Some(cluster) = cluster(&scratch.0) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(async {
         let build = || -> Cache<String> {
             Cache::builder(cluster.client(), "cache")

@@ -208,21 +208,7 @@ fn a_16_mib_value_crosses_four_processes_with_the_default_settings() {
     ) else {
         return;
     };
-    let replicas: Vec<Replica> = (0..4).map(|_| setup.start(&[])).collect();
-    setup.wait_ready(4);
-    setup.scratch.go();
-    let reports = finish_all(replicas);
-    assert_eq!(setup.scratch.loads().len(), 1);
-    for report in &reports {
-        let seen = (
-            report.num("served"),
-            report.num("wrong"),
-            report.num("fallbacks"),
-            report.num("oversized"),
-        );
-        assert_eq!(seen, (20, 0, 0, 0), "{report:?}");
-    }
-    assert_eq!(reports.iter().map(|r| r.num("received")).sum::<u64>(), 3);
+    common::scenarios::a_big_value_crosses_four_processes(&setup);
 }
 
 /// A holder that is alive but slow: waiters load by themselves once `max_wait` passed,

@@ -282,47 +282,15 @@ async fn a_value_sealed_for_another_type_is_a_miss_not_a_wrong_value() {
 #[tokio::test]
 async fn an_error_redis_answers_degrades_that_call_only_and_never_rests_the_process() {
     let Some(server) = server() else { return };
-    let fleet = fleet(server.client());
-    // Another program wrote a hash where the fleet keeps key "bad"'s lease: every
-    // script on that key gets WRONGTYPE from Redis.
+    let (fleet, other) = (fleet(server.client()), fleet(server.client()));
+    // Another program wrote a hash where the fleet keeps key "bad"'s lease.
     let _: () = redis::cmd("HSET")
         .arg("oneflight:{1:t3:bad}:lease")
         .arg("f")
         .arg("v")
         .query(&mut server.connection())
         .unwrap();
-    for _ in 0..3 {
-        assert_eq!(
-            fleet.work("bad", async { "alone".to_owned() }).await,
-            "alone"
-        );
-    }
-    let failed = fleet
-        .try_work_or_fail("bad", async { Ok::<_, AppError>("x".to_owned()) })
-        .await;
-    let Err(WorkError::Redis(error)) = failed else {
-        panic!("expected a redis error")
-    };
-    assert_eq!(
-        (error.kind(), error.code()),
-        (FleetErrorKind::Answered, Some("WRONGTYPE"))
-    );
-    let stats = fleet.stats();
-    assert_eq!((stats.answered, stats.fallbacks), (4, 3), "{stats:?}");
-    // Other keys still go through Redis: no rest, no reconnect loop.
-    let other = fleet.clone();
-    let (a, b) = tokio::join!(
-        fleet.work("good", async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            "shared".to_owned()
-        }),
-        async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            other.work("good", async { "unused".to_owned() }).await
-        }
-    );
-    assert_eq!((a.as_str(), b.as_str()), ("shared", "shared"));
-    assert_eq!(fleet.stats().fallbacks, 3, "{:?}", fleet.stats());
+    common::scenarios::an_answered_error_degrades_that_call_only(&fleet, &other).await;
 }
 
 #[tokio::test]

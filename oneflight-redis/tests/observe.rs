@@ -29,6 +29,20 @@ fn build(client: redis::Client, name: &str) -> oneflight_redis::FleetBuilder<Str
         .poll_interval(Duration::from_millis(50))
 }
 
+/// Every metric recorded, named `name{label=value,...}`.
+fn named(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<(String, DebugValue)> {
+    let mut named = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        named.push((format!("{}{{{}}}", key.name(), labels.join(",")), value));
+    }
+    named
+}
+
 /// `holder` loads `key` for `load_ms`; `waiter` asks for it 30 ms later.
 async fn flight(
     holder: &Fleet<String>,
@@ -84,13 +98,7 @@ fn fleet_metrics_after_a_known_sequence_of_calls() {
         })
     });
     let mut values: BTreeMap<String, u64> = BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let (_, key) = key.into_parts();
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+    for (name, value) in named(&snapshotter) {
         let value = match value {
             DebugValue::Counter(n) => n,
             DebugValue::Histogram(samples) => samples.len() as u64,
@@ -267,13 +275,7 @@ fn cache_metrics_and_the_stale_set_prevented_event() {
         })
     });
     let mut values: BTreeMap<String, u64> = BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let (_, key) = key.into_parts();
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+    for (name, value) in named(&snapshotter) {
         if let DebugValue::Counter(n) = value
             && n > 0
             && name.contains("cache-a")

@@ -83,36 +83,10 @@ fn a_killed_holder_is_replaced_within_lease_and_one_poll() {
     ) else {
         return;
     };
-    let (holder, waiters) = setup.holder_then_waiters(&[], 3);
-    let holder_pid = holder.pid();
-    signal(holder_pid, "KILL");
-    let killed_at = now_ms();
-    drop(holder);
-    setup.wait_loads(2);
-    let reports: Vec<Report> = waiters.into_iter().map(|mut r| r.finish(LIMIT)).collect();
-    let loads = setup.scratch.loads();
-    assert_eq!(loads.len(), 2, "{loads:?}");
-    let takeover_ms = ms_between(killed_at, loads[1].start_ms);
-    println!("takeover after SIGKILL: {takeover_ms} ms (lease {lease} ms, poll {poll} ms)");
-    assert!(
-        takeover_ms <= (lease + poll + 200) as i128,
-        "takeover took {takeover_ms} ms"
-    );
-    for report in &reports {
-        assert_eq!(
-            (report.num("served"), report.num("wrong")),
-            (50, 0),
-            "{report:?}"
-        );
-        assert_eq!(
-            report.get("values"),
-            format!("key0:key0/{}/1/0/", loads[1].pid)
-        );
-    }
-    assert_eq!(reports.iter().map(|r| r.num("takeovers")).sum::<u64>(), 1);
+    common::scenarios::killed_holder_is_replaced(&setup, lease, poll);
     setup
         .server
-        .assert_no_flight_left(Duration::from_millis((lease + poll) as u64));
+        .assert_no_flight_left(Duration::from_millis(lease + poll));
 }
 
 #[test]

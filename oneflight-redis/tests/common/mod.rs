@@ -5,6 +5,7 @@
 #[path = "../../examples/shared/redis_cluster.rs"]
 pub mod redis_cluster;
 pub mod replica;
+pub mod scenarios;
 
 use redis_test::server::RedisServer;
 use std::io::Write as _;
