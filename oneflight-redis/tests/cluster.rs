@@ -334,40 +334,7 @@ fn cluster_on_smol_renews_waits_and_hears_hints() {
     let Some(cluster) = cluster(&scratch.0) else {
         return;
     };
-    smol::block_on(async {
-        let build = |lease: u64, poll: u64| {
-            Fleet::<String>::builder(cluster.client(), "smol")
-                .lease(Duration::from_millis(lease))
-                .poll_interval(Duration::from_millis(poll))
-                .build()
-        };
-        let (holder, waiter) = (build(600, 500), build(20_000, 10_000));
-        let started = Instant::now();
-        let (x, y) = futures_util::join!(
-            holder.work("k", async {
-                smol::Timer::after(Duration::from_millis(1800)).await;
-                "on smol".to_owned()
-            }),
-            async {
-                smol::Timer::after(Duration::from_millis(100)).await;
-                waiter.work("k", async { "not loaded".to_owned() }).await
-            }
-        );
-        assert_eq!((x.as_str(), y.as_str()), ("on smol", "on smol"));
-        let (h, w) = (holder.stats(), waiter.stats());
-        assert_eq!(
-            (h.loads, h.late_publishes, h.redis_errors),
-            (1, 0, 0),
-            "{h:?}"
-        );
-        assert_eq!((w.received, w.takeovers, w.fallbacks), (1, 0, 0), "{w:?}");
-        // Heard, not polled: the next poll would have come 10 s after the first ask.
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "{:?}",
-            started.elapsed()
-        );
-    });
+    common::scenarios::on_smol_a_lease_is_renewed_and_a_hint_heard(cluster.client().into());
 }
 
 /// `Cache` on the cluster: a fill shared by two processes' handles, hits, a stale value

@@ -386,39 +386,7 @@ async fn the_json_codec_works_end_to_end() {
 #[test]
 fn smol_runtime_works_too_renewing_waiting_and_hearing_hints() {
     let Some(server) = server() else { return };
-    smol::block_on(async {
-        // A load of three leases: it stays the only one only if the lease is renewed.
-        let build = || {
-            Fleet::<String>::builder(server.client(), "smol")
-                .lease(Duration::from_millis(300))
-                .poll_interval(Duration::from_millis(250))
-                .build()
-        };
-        let (holder, waiter) = (build(), build());
-        // Warm the waiter's subscriber, so that it hears the end rather than polls.
-        waiter.work("warm", async { String::new() }).await;
-        smol::Timer::after(Duration::from_millis(200)).await;
-        let started = std::time::Instant::now();
-        let (x, y) = futures_util::join!(
-            holder.work("k", async {
-                smol::Timer::after(Duration::from_millis(900)).await;
-                "on smol".to_owned()
-            }),
-            async {
-                smol::Timer::after(Duration::from_millis(50)).await;
-                waiter.work("k", async { "not loaded".to_owned() }).await
-            }
-        );
-        assert_eq!((x.as_str(), y.as_str()), ("on smol", "on smol"));
-        let (h, w) = (holder.stats(), waiter.stats());
-        assert_eq!(
-            (h.loads, h.late_publishes, h.redis_errors),
-            (1, 0, 0),
-            "{h:?}"
-        );
-        assert_eq!((w.received, w.takeovers, w.fallbacks), (1, 0, 0), "{w:?}");
-        println!("smol: served in {:?}", started.elapsed());
-    });
+    common::scenarios::on_smol_a_lease_is_renewed_and_a_hint_heard(server.client().into());
 }
 
 /// Counts a command's calls in `INFO commandstats` (`evalsha`: the fleet's scripts).

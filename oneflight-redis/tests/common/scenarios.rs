@@ -99,3 +99,43 @@ pub async fn an_answered_error_degrades_that_call_only(
     assert_eq!((a.as_str(), b.as_str()), ("shared", "shared"));
     assert_eq!((fleet.stats().fallbacks, other.stats().received), (3, 1));
 }
+
+/// On smol: a holder whose load lasts three of its leases keeps the key (its lease is
+/// renewed), and a waiting process whose polls are 10 s apart hears the end at once.
+#[cfg(feature = "smol")]
+pub fn on_smol_a_lease_is_renewed_and_a_hint_heard(backend: oneflight_redis::Backend) {
+    smol::block_on(async {
+        let build = |lease: u64, poll: u64| {
+            Fleet::<String>::builder(backend.clone(), "smol")
+                .lease(Duration::from_millis(lease))
+                .poll_interval(Duration::from_millis(poll))
+                .build()
+        };
+        let (holder, waiter) = (build(600, 500), build(20_000, 10_000));
+        let started = std::time::Instant::now();
+        let (x, y) = futures_util::join!(
+            holder.work("k", async {
+                smol::Timer::after(Duration::from_millis(1800)).await;
+                "on smol".to_owned()
+            }),
+            async {
+                smol::Timer::after(Duration::from_millis(100)).await;
+                waiter.work("k", async { "not loaded".to_owned() }).await
+            }
+        );
+        assert_eq!((x.as_str(), y.as_str()), ("on smol", "on smol"));
+        let (h, w) = (holder.stats(), waiter.stats());
+        assert_eq!(
+            (h.loads, h.late_publishes, h.redis_errors),
+            (1, 0, 0),
+            "{h:?}"
+        );
+        assert_eq!((w.received, w.takeovers, w.fallbacks), (1, 0, 0), "{w:?}");
+        // Heard, not polled: the next poll would have come 10 s after the first ask.
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
