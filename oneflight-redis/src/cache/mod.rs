@@ -73,11 +73,11 @@ use stats::{CacheCounters, Count};
 /// ```
 pub struct Cache<V> {
     fleet: Fleet<Cached<V>>,
-    shared: Arc<Shared_<V>>,
+    shared: Arc<Inner<V>>,
 }
 
 /// What a cache's clones share besides the fleet.
-struct Shared_<V> {
+struct Inner<V> {
     /// Concurrent lookups of a key in this process share one round trip.
     lookups: Group<String, Found<V>>,
     /// Keys this process refreshes in the background now: one refresh per key.
@@ -88,7 +88,7 @@ struct Shared_<V> {
 
 /// Takes its key out of the refreshing set when the refresh ends or is dropped.
 struct Refreshing<V> {
-    shared: Arc<Shared_<V>>,
+    shared: Arc<Inner<V>>,
     key: String,
 }
 
@@ -138,7 +138,7 @@ impl<V> Cache<V> {
     pub(crate) fn from_parts(fleet: Fleet<Cached<V>>, freshness: Freshness, name: &str) -> Self {
         Cache {
             fleet,
-            shared: Arc::new(Shared_ {
+            shared: Arc::new(Inner {
                 lookups: Group::new(),
                 refreshing: Mutex::new(HashSet::new()),
                 counters: CacheCounters::new(name),
@@ -263,6 +263,10 @@ where
     /// # Cancel safety
     ///
     /// Dropped before it returned, it may or may not have taken effect.
+    ///
+    /// # Panics
+    ///
+    /// Never.
     ///
     /// ```no_run
     /// # async fn example(cache: oneflight_redis::Cache<String>) -> Result<(), oneflight_redis::FleetError> {
