@@ -38,11 +38,17 @@ async fn cache_fills_once_then_hits_and_every_key_it_writes_has_a_ttl() {
     for _ in 0..5 {
         assert_eq!(cache.get("k", counted(&loads, 100, "v2")).await, "v1");
     }
+    // Concurrent gets of a key in one process share one lookup (one round trip).
+    let lookups = server.calls("strlen");
+    let hits =
+        futures_util::future::join_all((0..50).map(|_| cache.get("k", counted(&loads, 100, "v3"))));
+    assert!(hits.await.iter().all(|v| v == "v1"));
+    assert_eq!(server.calls("strlen") - lookups, 1);
     assert_eq!(loads.load(Ordering::SeqCst), 1, "hits do not load");
     let stats = cache.stats();
     assert_eq!(
         (stats.misses, stats.hits, stats.fleet.loads),
-        (20, 5, 1),
+        (20, 55, 1),
         "{stats:?}"
     );
     // Every key the cache wrote has a TTL: the value's is fresh_for + stale_for.

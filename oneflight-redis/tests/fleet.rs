@@ -389,19 +389,6 @@ fn smol_runtime_works_too_renewing_waiting_and_hearing_hints() {
     common::scenarios::on_smol_a_lease_is_renewed_and_a_hint_heard(server.client().into());
 }
 
-/// Counts a command's calls in `INFO commandstats` (`evalsha`: the fleet's scripts).
-fn calls(server: &Server, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.connection())
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:");
-    let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
-        return 0;
-    };
-    line.split(['=', ',']).nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn redis_round_trips_per_flight_two_for_the_holder_one_for_a_waiting_process() {
     let Some(server) = server() else { return };
@@ -427,21 +414,21 @@ async fn redis_round_trips_per_flight_two_for_the_holder_one_for_a_waiting_proce
     // waiting process for each.
     let mut costs = Vec::new();
     for round in ["v1", "v2"] {
-        let before = (calls(&server, "evalsha"), calls(&server, "subscribe"));
+        let before = (server.calls("evalsha"), server.calls("subscribe"));
         let holder_flight = tokio::spawn({
             let holder = holder.clone();
             async move { holder.work("k", slow(round)).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let holder_started = calls(&server, "evalsha") - before.0;
+        let holder_started = server.calls("evalsha") - before.0;
         // 1,000 callers in the waiting process cost Redis what one caller costs.
         let waiters =
             futures_util::future::join_all((0..1000).map(|_| waiter.work("k", slow("never"))));
         let values = waiters.await;
         assert!(values.iter().all(|v| v == round));
         assert_eq!(holder_flight.await.unwrap(), round);
-        let scripts = calls(&server, "evalsha") - before.0;
-        let subscriptions = calls(&server, "subscribe") - before.1;
+        let scripts = server.calls("evalsha") - before.0;
+        let subscriptions = server.calls("subscribe") - before.1;
         costs.push((
             holder_started + 1,
             scripts - holder_started - 1,
@@ -476,7 +463,7 @@ async fn a_server_that_forgot_the_scripts_is_sent_them_again() {
         .arg("FLUSH")
         .query(&mut server.connection())
         .unwrap();
-    let evals = calls(&server, "eval");
+    let evals = server.calls("eval");
     let (x, y) = tokio::join!(
         holder.work("k", async {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -495,7 +482,7 @@ async fn a_server_that_forgot_the_scripts_is_sent_them_again() {
     );
     assert_eq!((h.loads, w.loads, w.received), (2, 1, 1), "{h:?} {w:?}");
     assert!(
-        calls(&server, "eval") > evals,
+        server.calls("eval") > evals,
         "the scripts were sent by body"
     );
 }

@@ -147,6 +147,20 @@ impl Server {
         }
     }
 
+    /// How many times `command` ran, from `INFO commandstats` (`evalsha`: the fleet's
+    /// scripts).
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:");
+        let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
+            return 0;
+        };
+        line.split(['=', ',']).nth(1).unwrap().parse().unwrap()
+    }
+
     /// Commands processed so far, from `INFO stats`.
     pub fn commands_processed(&self) -> u64 {
         let info: String = redis::cmd("INFO")
