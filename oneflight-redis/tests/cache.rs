@@ -249,3 +249,17 @@ fn cache_on_smol_fills_and_refreshes_in_the_background() {
         assert_eq!(cache.get("k", async { "v3".to_owned() }).await, "v2");
     });
 }
+
+/// A `Cache` can be shared between threads, and its futures spawned on a multi-threaded
+/// runtime.
+#[test]
+fn cache_handles_are_send_and_sync_and_their_futures_are_send() {
+    fn send_sync<T: Send + Sync + Clone + std::fmt::Debug>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let client = oneflight_redis::redis::Client::open("redis://127.0.0.1:1/").unwrap();
+    let cache: Cache<String> = Cache::new(client, "types");
+    send_sync(&cache);
+    send(&cache.get("k", async { String::new() }));
+    send(&cache.try_get("k", async { Ok::<_, std::io::Error>(String::new()) }));
+    send(&cache.invalidate("k"));
+}
