@@ -68,7 +68,7 @@ impl Names {
     }
     /// The channel on which the ends of the key's flights are announced.
     pub(crate) fn channel(&self) -> String {
-        format!("oneflight:{}:done", self.tag)
+        channel_of(&self.tag)
     }
     /// The flight's tag, as announcements name it.
     pub(crate) fn tag(&self) -> &str {
@@ -78,6 +78,11 @@ impl Names {
     pub(crate) fn announced(&self) -> String {
         format!("{}:{}", self.tag.len(), self.tag)
     }
+}
+
+/// The channel of the flights whose tag is `tag` (see [`Names::channel`]).
+pub(crate) fn channel_of(tag: &str) -> String {
+    format!("oneflight:{tag}:done")
 }
 
 /// Splits an announcement `TOKEN TAG_LEN:TAG[ PAYLOAD]`; `None` when malformed.

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use crate::backend::{Backend, Kind};
 use crate::health::Health;
-use crate::names::parse_announcement;
+use crate::names::{channel_of, parse_announcement};
 use crate::observe;
 use crate::stats::Counters;
 use crate::{FleetError, runtime};
@@ -100,15 +100,7 @@ impl Subscriptions {
     async fn subscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
         match self {
             Subscriptions::Node(sink) => sink.subscribe(channels).await,
-            // One command per channel: the channels of different keys live on different
-            // slots (one `SSUBSCRIBE` for several would be refused with `CROSSSLOT`).
-            Subscriptions::Cluster(connection) => {
-                let each = channels.into_iter().map(|channel| {
-                    let mut connection = connection.clone();
-                    async move { connection.ssubscribe(channel).await }
-                });
-                try_join_all(each).await.map(drop)
-            }
+            Subscriptions::Cluster(connection) => one_per_channel(connection, true, channels).await,
         }
     }
 
@@ -116,11 +108,7 @@ impl Subscriptions {
         match self {
             Subscriptions::Node(sink) => sink.unsubscribe(channels).await,
             Subscriptions::Cluster(connection) => {
-                let each = channels.into_iter().map(|channel| {
-                    let mut connection = connection.clone();
-                    async move { connection.sunsubscribe(channel).await }
-                });
-                try_join_all(each).await.map(drop)
+                one_per_channel(connection, false, channels).await
             }
         }
     }
@@ -134,6 +122,29 @@ impl Subscriptions {
                 .map(drop),
         }
     }
+}
+
+/// Subscribes to (or unsubscribes from) each of `channels` with its own command, all at
+/// once: the channels of different keys live on different slots (one command for several
+/// would be refused with `CROSSSLOT`). Through redis-rs's own methods, which refuse RESP2
+/// (a sharded subscription would turn the shared connection into a subscriber) and track
+/// the subscriptions to renew them after a reconnection.
+async fn one_per_channel(
+    connection: &redis::cluster_async::ClusterConnection,
+    subscribe: bool,
+    channels: Vec<String>,
+) -> redis::RedisResult<()> {
+    let each = channels.into_iter().map(|channel| {
+        let mut connection = connection.clone();
+        async move {
+            if subscribe {
+                connection.ssubscribe(channel).await
+            } else {
+                connection.sunsubscribe(channel).await
+            }
+        }
+    });
+    try_join_all(each).await.map(drop)
 }
 
 /// What the announcements of a flight's ends bring its waiters.
@@ -163,10 +174,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
-}
-
-fn channel_of(tag: &str) -> String {
-    format!("oneflight:{tag}:done")
 }
 
 impl Notifier {

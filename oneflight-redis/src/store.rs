@@ -250,15 +250,9 @@ impl Store {
         Ok(connection)
     }
 
-    /// Fetches a large value of `size` bytes on the bulk connection; `None` if it expired
-    /// since the acquire saw it.
-    async fn fetch(
-        &self,
-        names: &Names,
-        waited: &str,
-        size: usize,
-    ) -> Result<Option<Vec<u8>>, FleetError> {
-        let key = names.published(waited, self.cache);
+    /// Fetches a large value of `size` bytes at `key` on the bulk connection; `None` if it
+    /// expired since the script that saw it.
+    async fn fetch(&self, key: String, size: usize) -> Result<Option<Vec<u8>>, FleetError> {
         self.run("fetch", Lane::Bulk(size), |mut c| async move {
             c.query(redis::cmd("GET").arg(key)).await
         })
@@ -370,10 +364,13 @@ impl Transport for Store {
                     .await?;
                 match self.acquire_reply(reply)? {
                     Reply::Done(acquired) => return Ok(acquired),
-                    Reply::Large(size) => match self.fetch(names, waited, size).await? {
-                        Some(payload) => return Ok(Acquired::Value(payload)),
-                        None => waited = "",
-                    },
+                    Reply::Large(size) => {
+                        let key = names.published(waited, self.cache);
+                        match self.fetch(key, size).await? {
+                            Some(payload) => return Ok(Acquired::Value(payload)),
+                            None => waited = "",
+                        }
+                    }
                 }
             }
         })
@@ -472,12 +469,7 @@ impl Transport for Store {
             } else if size <= INLINE_PAYLOAD && head.len() == size {
                 head
             } else {
-                let fetched: Option<Vec<u8>> = self
-                    .run("fetch", Lane::Bulk(size), |mut c| async move {
-                        c.query(redis::cmd("GET").arg(key)).await
-                    })
-                    .await?;
-                match fetched {
+                match self.fetch(key, size).await? {
                     Some(payload) => payload,
                     None => return Ok(None),
                 }
