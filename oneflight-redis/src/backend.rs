@@ -132,6 +132,24 @@ impl Backend {
     }
 }
 
+/// How a cluster command that met a replica is retried (see [`answered_readonly`]): the
+/// first pause, the longest, and the attempts in all (about 9 s of pauses; the store's
+/// command timeout usually ends the wait sooner).
+const READONLY_FIRST_PAUSE: Duration = Duration::from_millis(25);
+const READONLY_MAX_PAUSE: Duration = Duration::from_millis(250);
+const READONLY_ATTEMPTS: usize = 40;
+
+/// Whether a script met a replica: while a master is unreachable, redis-rs's cluster
+/// connection sends the slot's commands to a random node, and its replica (every
+/// connection is put in `READONLY` mode) runs a script's reads and refuses its first write
+/// with `READONLY`. Nothing was written, so the command is safe to send again, and the
+/// answer ends once the replica is promoted or the connection follows a `MOVED`:
+/// redis-rs does not retry it (it retries `TRYAGAIN`, `CLUSTERDOWN`, `MOVED`), so the
+/// cluster path does, instead of degrading every call that meets a failover.
+fn answered_readonly(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
 /// An async connection for commands (cheap to clone: clones share it).
 #[derive(Clone)]
 pub(crate) enum Commands {
@@ -143,7 +161,19 @@ impl Commands {
     pub(crate) async fn query<T: FromRedisValue>(&mut self, command: &Cmd) -> RedisResult<T> {
         match self {
             Commands::Node(connection) => command.query_async(connection).await,
-            Commands::Cluster(connection) => command.query_async(connection).await,
+            Commands::Cluster(connection) => {
+                let mut pause = READONLY_FIRST_PAUSE;
+                for _ in 1..READONLY_ATTEMPTS {
+                    match command.query_async(connection).await {
+                        Err(error) if answered_readonly(&error) => {
+                            crate::runtime::sleep(pause).await;
+                            pause = (pause * 2).min(READONLY_MAX_PAUSE);
+                        }
+                        outcome => return outcome,
+                    }
+                }
+                command.query_async(connection).await
+            }
         }
     }
 

@@ -197,10 +197,29 @@ fn cluster_master_killed_mid_flight_every_call_finishes_and_dedup_resumes() {
         victim_keys.len(),
         phase2.len()
     );
+    let counts: Vec<String> = reports
+        .iter()
+        .map(|r| {
+            [
+                "loads",
+                "takeovers",
+                "fallbacks",
+                "redis_errors",
+                "timeouts",
+                "disconnects",
+            ]
+            .map(|name| format!("{name}={}", r.num(name)))
+            .join(" ")
+        })
+        .collect();
+    println!("per process: {counts:#?}");
     assert_eq!(phase1.len(), 16, "{phase1:?}");
     for (key, count) in &phase1 {
         let bound = if victim_keys.contains(*key) { 2 } else { 1 };
-        assert!(*count <= bound, "{key} loaded {count} times: {phase1:?}");
+        assert!(
+            *count <= bound,
+            "{key} loaded {count} times: {phase1:?}; {counts:#?}"
+        );
     }
     // Deduplicating again, without a restart: one load per key in the fleet.
     let keys2: BTreeSet<&str> = phase2.iter().map(|l| l.key.as_str()).collect();

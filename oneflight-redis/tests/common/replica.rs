@@ -249,6 +249,8 @@ fn report(tally: &Tally, fleets: &BTreeMap<&'static str, Fleet<String>>) {
         stats.takeovers += s.takeovers;
         stats.fallbacks += s.fallbacks;
         stats.redis_errors += s.redis_errors;
+        stats.timeouts += s.timeouts;
+        stats.disconnects += s.disconnects;
         stats.late_publishes += s.late_publishes;
         stats.oversized += s.oversized;
     }
@@ -260,7 +262,8 @@ fn report(tally: &Tally, fleets: &BTreeMap<&'static str, Fleet<String>>) {
     println!(
         "report pid={} served={} wrong={} panicked={} errors={} distinct_errors={} timed_out={} \
          cancelled_at_ms={} last_done_ms={} slowest_ms={} loads={} received={} takeovers={} \
-         fallbacks={} redis_errors={} late_publishes={} oversized={} values={}",
+         fallbacks={} redis_errors={} timeouts={} disconnects={} late_publishes={} oversized={} \
+         values={}",
         std::process::id(),
         tally.served,
         tally.wrong,
@@ -276,6 +279,8 @@ fn report(tally: &Tally, fleets: &BTreeMap<&'static str, Fleet<String>>) {
         stats.takeovers,
         stats.fallbacks,
         stats.redis_errors,
+        stats.timeouts,
+        stats.disconnects,
         stats.late_publishes,
         stats.oversized,
         // Values hold no spaces (labels and padding), so the report stays one line.
