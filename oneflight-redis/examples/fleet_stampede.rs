@@ -373,13 +373,13 @@ fn replica(args: &[String]) -> ExitCode {
         });
         let tasks: Vec<_> = (0..requests)
             .map(|i| {
-                let (pool, group, fleet, answered, issued, all_issued) = (
+                let (pool, group, fleet, answered, issued, issued_marker) = (
                     pool.clone(),
                     group.clone(),
                     fleet.clone(),
                     answered.clone(),
                     issued.clone(),
-                    dir.join(format!("asked-{index}")),
+                    dir.join(format!("issued-{index}")),
                 );
                 let mode = mode.clone();
                 tokio::spawn(async move {
@@ -390,7 +390,7 @@ fn replica(args: &[String]) -> ExitCode {
                     // The last request of this replica to be issued says so to the
                     // others, whose lookups wait for every replica's word.
                     if issued.fetch_add(1, Ordering::SeqCst) + 1 == requests {
-                        std::fs::write(&all_issued, b"").unwrap();
+                        std::fs::write(&issued_marker, b"").unwrap();
                     }
                     let value = match mode.as_str() {
                         "straight" => lookup.await,
@@ -422,12 +422,13 @@ fn replica(args: &[String]) -> ExitCode {
 struct Pool {
     free: async_channel::Receiver<Connection>,
     give_back: async_channel::Sender<Connection>,
-    /// The run's folder, where each replica says `asked-INDEX` once all its requests
+    /// The run's folder, where each replica says `issued-INDEX` once all its requests
     /// are issued.
     run_dir: PathBuf,
     replicas: usize,
-    /// Set once every replica of the run has issued its requests.
-    all_asked: std::sync::atomic::AtomicBool,
+    /// Set once every replica of the run has issued its requests; the first lookup
+    /// watches the folder, the others wait for it.
+    all_issued: tokio::sync::OnceCell<()>,
 }
 
 impl Pool {
@@ -443,30 +444,28 @@ impl Pool {
             give_back,
             run_dir: run_dir.to_owned(),
             replicas,
-            all_asked: false.into(),
+            all_issued: tokio::sync::OnceCell::new(),
         }
     }
 
     /// Waits until every replica has issued all its requests (at most 60 s: a replica
     /// that died before it could say so must not hang the others).
-    async fn all_asked(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.all_asked.load(Ordering::SeqCst) && Instant::now() < deadline {
-            let asked =
-                (0..self.replicas).all(|i| self.run_dir.join(format!("asked-{i}")).exists());
-            if asked {
-                self.all_asked.store(true, Ordering::SeqCst);
-            } else {
+    async fn all_issued(&self) {
+        let watch = || async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let issued = |i| self.run_dir.join(format!("issued-{i}")).exists();
+            while !(0..self.replicas).all(issued) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-        }
+        };
+        self.all_issued.get_or_init(watch).await;
     }
 
     /// Looks `category` up on a free connection. Each query is logged in the run's
     /// folder as it starts, so that a killed replica's queries count too; the first
     /// query of category 0 names its replica as the holder (for `--kill-holder`).
     async fn lookup(&self, category: usize) -> Lookup {
-        self.all_asked().await;
+        self.all_issued().await;
         let dir = &self.run_dir;
         let db = self.free.recv().await.expect("the pool owns its sender");
         let log = std::fs::OpenOptions::new()
