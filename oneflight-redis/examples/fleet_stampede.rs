@@ -379,7 +379,7 @@ fn replica(args: &[String]) -> ExitCode {
                     fleet.clone(),
                     answered.clone(),
                     issued.clone(),
-                    dir.join(format!("issued-{index}")),
+                    pool.issued_marker(index),
                 );
                 let mode = mode.clone();
                 tokio::spawn(async move {
@@ -448,12 +448,17 @@ impl Pool {
         }
     }
 
+    /// The file by which replica `index` says it has issued all its requests.
+    fn issued_marker(&self, index: &str) -> PathBuf {
+        self.run_dir.join(format!("issued-{index}"))
+    }
+
     /// Waits until every replica has issued all its requests (at most 60 s: a replica
     /// that died before it could say so must not hang the others).
     async fn all_issued(&self) {
         let watch = || async {
             let deadline = Instant::now() + Duration::from_secs(60);
-            let issued = |i| self.run_dir.join(format!("issued-{i}")).exists();
+            let issued = |i: usize| self.issued_marker(&i.to_string()).exists();
             while !(0..self.replicas).all(issued) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
